@@ -1,0 +1,159 @@
+"""Total parsers for what clients put in HELO, MAIL and RCPT.
+
+Each function returns a value or a ``Reply``; none raises on any input, so the dialogue
+code never needs a try/except around client data. Grammar: RFC 5321 section 4.1.2, with
+RFC 6531 for UTF-8 addresses. Like Postfix (strict_rfc821_envelopes = no) we also take
+``MAIL FROM: <a@b>`` with a space and a path without angle brackets.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from . import replies as R
+
+# RFC 5321 4.5.3.1.3: a path is at most 256 octets including the angle brackets.
+MAX_PATH = 256
+# RFC 5321 4.5.3.1.2: a domain is at most 255 octets.
+MAX_DOMAIN = 255
+
+# RFC 5321 4.1.2 / RFC 5322 3.2.3: atext, and Dot-string = Atom *("." Atom).
+_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
+_DOT_STRING = re.compile(rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*\Z")
+# RFC 6531 3.3: with SMTPUTF8, atext and sub-domains also take any non-ASCII UTF-8.
+_DOT_STRING_UTF8 = re.compile(rf"[{_ATEXT}\u0080-\U0010ffff]+(?:\.[{_ATEXT}\u0080-\U0010ffff]+)*\Z")
+_QUOTED_STRING = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"\Z')
+_QUOTED_STRING_UTF8 = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"\Z')
+# RFC 5321 4.1.2: sub-domain = Let-dig [Ldh-str]; we allow "_" as real DNS names carry it.
+_DOMAIN = re.compile(r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9])?\.)*"
+                     r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9])?\.?\Z")
+_DOMAIN_UTF8 = re.compile(r"(?:[\w\u0080-\U0010ffff](?:[\w\u0080-\U0010ffff-]*[\w\u0080-\U0010ffff])?\.)*"
+                          r"[\w\u0080-\U0010ffff](?:[\w\u0080-\U0010ffff-]*[\w\u0080-\U0010ffff])?\.?\Z")
+# RFC 5321 4.1.3: address literals, [1.2.3.4] and [IPv6:...].
+_ADDRESS_LITERAL = re.compile(r"\[(?:\d{1,3}(?:\.\d{1,3}){3}|IPv6:[0-9A-Fa-f:.]+)\]\Z", re.I)
+# RFC 5321 4.1.2: Esmtp-param = esmtp-keyword ["=" esmtp-value]
+_PARAM = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+))?\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Path:
+    address: str                 # exactly as given, without brackets; '' for the null path <>
+    local: str
+    domain: str                  # '' for the null path and for bare "postmaster"
+    params: dict[str, str | None]
+
+
+def is_ascii(text: str) -> bool:
+    return text.isascii()
+
+
+def valid_domain(domain: str, utf8: bool = False) -> bool:
+    if not domain or len(domain.encode("utf-8", "surrogateescape")) > MAX_DOMAIN:
+        return False
+    if _ADDRESS_LITERAL.match(domain):
+        return True
+    return bool((_DOMAIN_UTF8 if utf8 else _DOMAIN).match(domain))
+
+
+def parse_helo(argument: str) -> str | None:
+    """The HELO/EHLO name, or None when missing. Like Postfix (smtpd_helo_required, no
+    strict check by default) any single word is taken: many real clients send odd names."""
+    words = argument.split()
+    if not words or not words[0].isprintable():
+        return None
+    return words[0][:255]
+
+
+def parse_path(argument: str, keyword: str, null_allowed: bool) -> Path | R.Reply:
+    """Parse the argument of MAIL ("FROM") or RCPT ("TO"): ``FROM:<a@b> SIZE=10``."""
+    syntax = R.MAIL_SYNTAX if keyword == "FROM" else R.RCPT_SYNTAX
+    bad = R.BAD_SENDER if keyword == "FROM" else R.BAD_RECIPIENT
+    head, colon, rest = argument.partition(":")
+    if not colon or head.strip().upper() != keyword:
+        return syntax
+    rest = rest.lstrip(" ")
+    if rest.startswith("<"):
+        end = _closing_bracket(rest)
+        if end < 0:
+            return syntax
+        path, tail = rest[1:end], rest[end + 1:]
+        if tail and not tail.startswith(" "):
+            return syntax
+    else:
+        path, _, tail = rest.partition(" ")
+    if not path and not rest.startswith("<"):
+        return syntax
+    params = parse_params(tail)
+    if params is None:
+        return syntax
+    utf8 = "SMTPUTF8" in params
+    if len(path) + 2 > MAX_PATH or not path.isprintable():
+        return bad
+    if not path:
+        return Path("", "", "", params) if null_allowed else bad
+    # RFC 5321 4.1.2: an A-d-l source route ("@a,@b:") must be accepted and ignored (C.2).
+    if path.startswith("@"):
+        route, colon, path = path.partition(":")
+        if not colon or not all(valid_domain(hop[1:]) for hop in route.split(",") if hop.startswith("@")):
+            return bad
+    if not utf8 and not is_ascii(path):
+        return R.UTF8_NEEDS_SMTPUTF8
+    local, at, domain = path.rpartition("@")
+    if not at:
+        # RFC 5321 4.5.1: "postmaster" without a domain must be accepted as a recipient.
+        if keyword == "TO" and path.lower() == "postmaster":
+            return Path(path, path, "", params)
+        return bad
+    if not _valid_local(local, utf8) or not valid_domain(domain, utf8):
+        return bad
+    return Path(path, local, domain, params)
+
+
+def _closing_bracket(text: str) -> int:
+    """Index of the '>' that closes the path, skipping quoted strings in the local part."""
+    quoted = False
+    escaped = False
+    for index, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == ">" and not quoted:
+            return index
+    return -1
+
+
+def _valid_local(local: str, utf8: bool) -> bool:
+    if not local:
+        return False
+    if local.startswith('"'):
+        return bool((_QUOTED_STRING_UTF8 if utf8 else _QUOTED_STRING).match(local))
+    return bool((_DOT_STRING_UTF8 if utf8 else _DOT_STRING).match(local))
+
+
+def parse_params(text: str) -> dict[str, str | None] | None:
+    """``SIZE=100 BODY=8BITMIME`` -> {'SIZE': '100', 'BODY': '8BITMIME'}; None on bad syntax."""
+    params: dict[str, str | None] = {}
+    for word in text.split():
+        match = _PARAM.match(word)
+        if not match:
+            return None
+        params[match.group(1).upper()] = match.group(2)
+    return params
+
+
+class AllowedHosts:
+    """Matches recipient domains against ``example.com``, ``*.example.com`` and ``*``."""
+
+    def __init__(self, patterns: list[str]):
+        self.match_all = "*" in patterns
+        self.exact = {p.lower().rstrip(".") for p in patterns if not p.startswith("*")}
+        self.suffixes = tuple(p[1:].lower().rstrip(".") for p in patterns if p.startswith("*."))
+
+    def __contains__(self, domain: str) -> bool:
+        if self.match_all:
+            return True
+        domain = domain.lower().rstrip(".")
+        return domain in self.exact or (bool(self.suffixes) and domain.endswith(self.suffixes))

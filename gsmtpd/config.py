@@ -1,0 +1,304 @@
+"""Every setting, declared once.
+
+The command line, the TOML file (``--config``), the environment (``GSMTPD_<NAME>``)
+and ``--help`` are all derived from the ``SETTINGS`` list below, as gunicorn derives
+its parser from its declared settings. Precedence: defaults < file < env < command line.
+
+``load(argv)`` returns a ``Config`` or raises ``ConfigError`` carrying *every* problem
+found, so a user fixes a bad configuration in one go.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import __version__
+
+MiB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+# --- value parsers: each takes a str (env, argv) or a TOML value and returns the value or raises ValueError
+
+
+def as_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number")
+    if isinstance(value, int):
+        return value
+    text = str(value).strip().replace("_", "")
+    if not text.lstrip("-").isdigit():
+        raise ValueError(f"expected a whole number, got {value!r}")
+    return int(text)
+
+
+def as_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number, got {value!r}") from None
+
+
+def as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def as_str(value: Any) -> str:
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise ValueError(f"expected a string, got {value!r}")
+    return str(value)
+
+
+def as_list(value: Any) -> list[str]:
+    """A comma-separated string or a TOML array of strings."""
+    if isinstance(value, (list, tuple)):
+        items = [as_str(v) for v in value]
+    else:
+        items = as_str(value).split(",")
+    return [item.strip() for item in items if item.strip()]
+
+
+def one_of(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = as_str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return text
+    return parse
+
+
+def at_least(minimum: float, parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        result = parse(value)
+        if result < minimum:
+            raise ValueError(f"must be at least {minimum}, got {result}")
+        return result
+    check.__name__ = parse.__name__
+    return check
+
+
+def port_number(value: Any) -> int:
+    port = as_int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"a port is 0..65535, got {port}")
+    return port
+
+
+def store_url(value: Any) -> str:
+    url = as_str(value).strip()
+    if not (url.startswith("mysql://") or url.startswith("sqlite://")):
+        raise ValueError(f"expected mysql://user:pass@host:port/db or sqlite:///path, got {url!r}")
+    return url
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str                      # attribute name, TOML key, and GSMTPD_<NAME.upper()>
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    flags: tuple[str, ...] = ()    # extra short flags for argparse
+    cli: bool = True               # False: file and environment only
+    metavar: str | None = None
+
+
+def _fqdn() -> str:
+    return socket.getfqdn() or "localhost"
+
+
+# A default of a callable is computed when the config is loaded (the hostname is the machine's).
+SETTINGS: list[Setting] = [
+    Setting("port", port_number, 25, "TCP port to listen on (0: any free port, logged at start)", ("-p",)),
+    Setting("listen", as_str, "0.0.0.0", "address to listen on: 0.0.0.0, ::, 127.0.0.1 ..."),
+    Setting("hostname", as_str, _fqdn, "name in the greeting and the Received header (default: the FQDN)"),
+    Setting("allowed_hosts", as_list, None,
+            "comma-separated domains to receive mail for, '*' wildcards allowed "
+            "(*.example.com); default: the hostname", metavar="LIST"),
+    Setting("primary_host", as_str, "",
+            "file every accepted local part under local@PRIMARY_HOST in the `to` column (catch-all)"),
+    Setting("store", store_url, "sqlite:///gsmtpd.db",
+            "where mail goes: mysql://user:pass@host:port/db[?unix_socket=/path] or sqlite:///path.db",
+            metavar="URL"),
+    Setting("max_size", at_least(1, as_int), 10 * MiB,
+            "largest message in bytes, advertised as SIZE (RFC 1870)", metavar="BYTES"),
+    Setting("max_recipients", at_least(1, as_int), 100,
+            "recipients per message; RFC 5321 4.5.3.1.8 asks for at least 100", metavar="N"),
+    Setting("timeout", at_least(1, as_float), 60.0,
+            "seconds to wait for each command line from a client", metavar="SECONDS"),
+    Setting("data_timeout", at_least(1, as_float), 600.0,
+            "seconds the whole DATA phase may take (RFC 5321 4.5.3.2.6 suggests 10 minutes)",
+            metavar="SECONDS"),
+    Setting("max_clients", at_least(1, as_int), 1000,
+            "concurrent connections per process; beyond it: 421 4.3.2 and close", metavar="N"),
+    Setting("max_errors", at_least(1, as_int), 10,
+            "unknown commands and errors per session before 421 and close", metavar="N"),
+    Setting("save_timeout", at_least(0.1, as_float), 15.0,
+            "seconds a message may wait for its commit; then 451 4.3.0", metavar="SECONDS"),
+    Setting("batch_max", at_least(1, as_int), 200,
+            "most messages written in one INSERT/COMMIT (group commit)", metavar="N"),
+    Setting("queue_max", at_least(1, as_int), 2000,
+            "messages waiting for the writer before sessions wait for room", metavar="N"),
+    Setting("prefer", one_of("html", "plain"), "html",
+            "which part of multipart/alternative becomes the stored body"),
+    Setting("logfile", as_str, "",
+            "log to this file ('-l' alone: ./log.txt); default: stderr", ("-l",), metavar="FILE"),
+    Setting("verbose", as_bool, False, "also log to the console, and log more", ("-v",)),
+    Setting("log_level", one_of("debug", "info", "warning", "error"), "info", "log level"),
+]
+
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass
+class Config:
+    values: dict[str, Any] = field(default_factory=dict)
+    config_file: str | None = None
+    check_only: bool = False
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def replace(self, **changes: Any) -> "Config":
+        return Config({**self.values, **changes}, self.config_file, self.check_only)
+
+
+def env_name(setting: Setting) -> str:
+    return "GSMTPD_" + setting.name.upper()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gsmtpd",
+        description="Inbound-only SMTP server that stores every message it accepts in MySQL or SQLite.",
+        epilog="Every option can also be set in the TOML file given with --config (key = option name "
+               "with underscores) and as an environment variable GSMTPD_<OPTION> (e.g. GSMTPD_MAX_SIZE). "
+               "Precedence: defaults < config file < environment < command line.",
+    )
+    parser.add_argument("--version", action="version", version=f"gsmtpd {__version__}")
+    parser.add_argument("--config", metavar="FILE", help="TOML file with settings (see conf/gsmtpd.toml)")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the configuration, print it, and exit (status 2 when invalid)")
+    for setting in SETTINGS:
+        if not setting.cli:
+            continue
+        flags = (*setting.flags, "--" + setting.name.replace("_", "-"))
+        default = setting.default() if callable(setting.default) else setting.default
+        help_text = f"{setting.help} [{env_name(setting)}; default: {default if default not in (None, '') else '-'}]"
+        if setting.parse is as_bool:
+            parser.add_argument(*flags, dest=setting.name, action="store_const", const="true",
+                                default=None, help=help_text)
+        elif setting.name == "logfile":
+            parser.add_argument(*flags, dest=setting.name, nargs="?", const="log.txt", default=None,
+                                metavar=setting.metavar, help=help_text)
+        else:
+            parser.add_argument(*flags, dest=setting.name, default=None,
+                                metavar=setting.metavar or setting.name.upper(), help=help_text)
+    return parser
+
+
+def load(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Defaults < file < environment < command line; raises ConfigError listing every problem."""
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    problems: list[str] = []
+    raw: dict[str, tuple[Any, str]] = {}  # name -> (value, where it came from)
+
+    config_file = args.config or environ.get("GSMTPD_CONFIG")
+    if config_file:
+        try:
+            with open(config_file, "rb") as fh:
+                table = tomllib.load(fh)
+        except OSError as exc:
+            problems.append(f"{config_file}: cannot read: {exc.strerror}")
+            table = {}
+        except tomllib.TOMLDecodeError as exc:
+            problems.append(f"{config_file}: not valid TOML: {exc}")
+            table = {}
+        for key, value in table.items():
+            name = key.replace("-", "_")
+            if name not in BY_NAME:
+                problems.append(f"{config_file}: unknown setting {key!r}")
+                continue
+            raw[name] = (value, f"{config_file}: {key}")
+
+    for setting in SETTINGS:
+        if env_name(setting) in environ:
+            raw[setting.name] = (environ[env_name(setting)], env_name(setting))
+
+    for setting in SETTINGS:
+        value = getattr(args, setting.name, None)
+        if value is not None:
+            raw[setting.name] = (value, "--" + setting.name.replace("_", "-"))
+
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.name in raw:
+            value, origin = raw[setting.name]
+            try:
+                values[setting.name] = setting.parse(value)
+            except ValueError as exc:
+                problems.append(f"{origin}: {exc}")
+        else:
+            values[setting.name] = setting.default() if callable(setting.default) else setting.default
+
+    if not values.get("allowed_hosts"):
+        values["allowed_hosts"] = [values.get("hostname") or "localhost"]
+    problems.extend(_check_consistency(values))
+    if problems:
+        raise ConfigError(problems)
+    return Config(values, config_file, args.check_config)
+
+
+def _check_consistency(values: dict[str, Any]) -> list[str]:
+    problems = []
+    for host in values.get("allowed_hosts") or []:
+        if "*" in host.replace("*.", "", 1) and host != "*":
+            problems.append(f"allowed_hosts: {host!r}: a wildcard may only lead, as in *.example.com")
+    if values.get("listen") is not None:
+        try:
+            socket.getaddrinfo(values["listen"], None, flags=socket.AI_NUMERICHOST)
+        except (socket.gaierror, UnicodeError):
+            problems.append(f"listen: {values['listen']!r} is not an IP address")
+    return problems
+
+
+def describe(config: Config) -> str:
+    """The effective settings, one per line, as --check-config prints them."""
+    lines = []
+    for setting in SETTINGS:
+        value = config.values[setting.name]
+        if setting.name == "store":
+            value = redact_url(value)
+        lines.append(f"{setting.name} = {value!r}")
+    return "\n".join(lines)
+
+
+def redact_url(url: str) -> str:
+    """mysql://user:secret@host -> mysql://user:***@host, for logs."""
+    head, sep, tail = url.partition("://")
+    creds, at, rest = tail.rpartition("@")
+    if at and ":" in creds:
+        user = creds.split(":", 1)[0]
+        return f"{head}{sep}{user}:***@{rest}"
+    return url

@@ -1,0 +1,78 @@
+"""One mail transaction (MAIL, RCPT..., DATA) and the rows it becomes."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from . import mime
+
+log = logging.getLogger("gsmtpd.session")
+
+# Column widths in schema.sql; longer values are cut so strict SQL mode never refuses a row.
+WIDTH = 255
+
+
+@dataclass(slots=True)
+class Recipient:
+    address: str        # exactly as given in RCPT TO
+    mailbox: str        # the `to` column: local@primary_host, or the address lower-cased
+
+
+@dataclass(slots=True)
+class Envelope:
+    sender: str                                   # MAIL FROM address, '' for <>
+    smtputf8: bool = False
+    body_type: str = "7BIT"
+    recipients: list[Recipient] = field(default_factory=list)
+
+
+def new_queue_id() -> str:
+    """32 hex digits: the `hash` column of the first row, named in the 250 reply."""
+    return os.urandom(16).hex()
+
+
+def row_hashes(queue_id: str, count: int) -> list[str]:
+    """One unique hash per row: the queue id, then the queue id counted up by one per
+    further recipient, so every row of a message can be found from the 250 reply."""
+    base = int(queue_id, 16)
+    return [queue_id] + [f"{(base + i) % (1 << 128):032x}" for i in range(1, count)]
+
+
+def received_header(*, helo: str, ip: str, hostname: str, protocol: str, queue_id: str,
+                    recipients: list[Recipient], now: float) -> bytes:
+    """RFC 5321 4.4 trace header; "for" only names a single recipient (privacy, as Postfix)."""
+    stamp = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(now))
+    for_clause = f"\r\n\tfor <{recipients[0].address}>" if len(recipients) == 1 else ""
+    helo = "".join(ch for ch in helo if ch.isprintable() and ch not in "()\\")
+    text = (f"Received: from {helo} ([{ip}])\r\n\tby {hostname} (gsmtpd) with {protocol} "
+            f"id {queue_id}{for_clause};\r\n\t{stamp}\r\n")
+    return text.encode("utf-8", "replace")
+
+
+def parse_message(raw: bytes, prefer: str) -> mime.Parsed:
+    """MIME never costs a message: on any failure the fields are empty and the raw is kept."""
+    try:
+        return mime.parse(raw, prefer)
+    except Exception:  # a bug in our parser must not lose mail; the raw message is stored
+        log.exception("MIME parsing failed; storing the raw message with empty fields")
+        return mime.Parsed("", "", "", "", "text/plain", 0, "")
+
+
+def build_rows(envelope: Envelope, raw: bytes, *, queue_id: str, now: float, ip: str, helo: str,
+               hostname: str, is_tls: bool, prefer: str) -> list[tuple]:
+    """The new_mail rows for this message, one per recipient, in store.COLUMNS order."""
+    protocol = ("UTF8SMTP" if envelope.smtputf8 else "ESMTP") + ("S" if is_tls else "")
+    mail = received_header(helo=helo, ip=ip, hostname=hostname, protocol=protocol,
+                           queue_id=queue_id, recipients=envelope.recipients, now=now) + raw
+    parsed = parse_message(raw, prefer)
+    date = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now))
+    hashes = row_hashes(queue_id, len(envelope.recipients))
+    return [
+        (date, parsed.from_addr[:WIDTH], rcpt.mailbox[:WIDTH], parsed.subject[:WIDTH], parsed.body,
+         parsed.charset[:64], mail, 0.0, row_hash, parsed.content_type[:WIDTH], rcpt.address[:WIDTH],
+         envelope.sender[:WIDTH], ip, helo[:WIDTH], int(is_tls), len(raw), parsed.has_attach,
+         parsed.message_id[:WIDTH])
+        for rcpt, row_hash in zip(envelope.recipients, hashes)
+    ]

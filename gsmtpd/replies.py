@@ -1,0 +1,106 @@
+"""Every reply the server sends, as named constants.
+
+Codes follow RFC 5321 section 4.2 and the enhanced status codes of RFC 3463 (advertised
+as ENHANCEDSTATUSCODES, RFC 2034). Dialogue code sends ``R.NESTED_MAIL``, never a literal
+``"503 ..."``; replies that carry a value are small functions returning bytes.
+"""
+from __future__ import annotations
+
+
+class Reply(bytes):
+    """A complete reply line with its CRLF; ``.code`` is the three-digit number."""
+
+    @property
+    def code(self) -> int:
+        return int(self[:3])
+
+    @property
+    def enhanced(self) -> str:
+        return self[4:].split(b" ", 1)[0].decode()
+
+    @property
+    def text(self) -> str:
+        return self[:-2].decode("utf-8", "replace")
+
+
+def reply(code: int, enhanced: str, text: str) -> Reply:
+    # RFC 3463 section 2: the class digit of the enhanced code matches the reply's first digit.
+    if enhanced:
+        assert enhanced[0] == str(code)[0], (code, enhanced)
+        return Reply(f"{code} {enhanced} {text}\r\n".encode())
+    return Reply(f"{code} {text}\r\n".encode())
+
+
+def multiline(code: int, lines: list[str]) -> Reply:
+    """RFC 5321 4.2.1: every line but the last has a hyphen after the code."""
+    body = "".join(f"{code}-{line}\r\n" for line in lines[:-1]) + f"{code} {lines[-1]}\r\n"
+    return Reply(body.encode())
+
+
+# --- 2xx
+OK = reply(250, "2.0.0", "OK")
+SENDER_OK = reply(250, "2.1.0", "Sender OK")
+RECIPIENT_OK = reply(250, "2.1.5", "Recipient OK")
+RESET_OK = reply(250, "2.0.0", "Reset OK")
+NOOP_OK = reply(250, "2.0.0", "OK")
+# RFC 5321 3.5.3: 252 when a server will accept mail for a user it will not verify.
+CANNOT_VRFY = reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
+HELP = reply(214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP")
+
+
+def greeting(hostname: str) -> Reply:
+    return Reply(f"220 {hostname} ESMTP gsmtpd\r\n".encode())
+
+
+def goodbye(hostname: str) -> Reply:
+    return reply(221, "2.0.0", f"{hostname} Bye")
+
+
+def helo_ok(hostname: str, client: str) -> Reply:
+    return Reply(f"250 {hostname} Hello {client}\r\n".encode())
+
+
+def ehlo_ok(hostname: str, client: str, extensions: list[str]) -> Reply:
+    return multiline(250, [f"{hostname} Hello {client}", *extensions])
+
+
+def queued(queue_id: str) -> Reply:
+    return reply(250, "2.0.0", f"OK: queued as {queue_id}")
+
+
+# --- 3xx
+START_DATA = Reply(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+
+# --- 4xx: transient; the client keeps the message and tries again
+SHUTTING_DOWN = reply(421, "4.3.0", "Server shutting down, try again later")
+TOO_BUSY = reply(421, "4.3.2", "Too many connections, try again later")
+TOO_MANY_ERRORS = reply(421, "4.7.0", "Too many errors, closing connection")
+COMMAND_TIMEOUT = reply(421, "4.4.2", "Timeout waiting for command, closing connection")
+DATA_TIMEOUT = reply(421, "4.4.2", "Timeout during DATA, closing connection")
+# RFC 5321 4.5.3.1.10: too many recipients is a transient 452; the client sends the rest later.
+TOO_MANY_RECIPIENTS = reply(452, "4.5.3", "Too many recipients")
+STORAGE_FAILED = reply(451, "4.3.0", "Temporary storage failure, try again later")
+
+# --- 5xx: permanent
+UNKNOWN_COMMAND = reply(500, "5.5.2", "Command not recognized")
+LINE_TOO_LONG = reply(500, "5.5.6", "Line too long")
+SYNTAX_ERROR = reply(501, "5.5.4", "Syntax error in parameters or arguments")
+HELO_SYNTAX = reply(501, "5.5.4", "Syntax: HELO hostname")
+EHLO_SYNTAX = reply(501, "5.5.4", "Syntax: EHLO hostname")
+MAIL_SYNTAX = reply(501, "5.5.4", "Syntax: MAIL FROM:<address> [parameters]")
+RCPT_SYNTAX = reply(501, "5.5.4", "Syntax: RCPT TO:<address> [parameters]")
+BAD_SENDER = reply(501, "5.1.7", "Bad sender address syntax")
+BAD_RECIPIENT = reply(501, "5.1.3", "Bad recipient address syntax")
+NO_ARGUMENTS = reply(501, "5.5.4", "This command takes no arguments")
+BAD_PARAMETER = reply(555, "5.5.4", "MAIL/RCPT parameter not recognized or not implemented")
+UTF8_NEEDS_SMTPUTF8 = reply(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter")
+NOT_IMPLEMENTED = reply(502, "5.5.1", "Command not implemented")
+NEED_HELO = reply(503, "5.5.1", "Send HELO or EHLO first")
+NEED_MAIL = reply(503, "5.5.1", "Need MAIL command first")
+NEED_RCPT = reply(503, "5.5.1", "Need RCPT command first")
+NESTED_MAIL = reply(503, "5.5.1", "Sender already given")
+RELAY_DENIED = reply(550, "5.7.1", "Relaying denied")
+# RFC 1870 section 6.1: 552 when the declared or actual size exceeds the fixed limit.
+TOO_BIG = reply(552, "5.3.4", "Message size exceeds fixed limit")
+TOO_BIG_TO_STORE = reply(552, "5.3.4", "Message too big for storage")
+REJECTED_BY_STORE = reply(554, "5.3.0", "Message refused by storage")

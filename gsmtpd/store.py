@@ -1,0 +1,234 @@
+"""The writer: one greenlet per process owns the database connection.
+
+Sessions hand a finished message to ``Store.save()``, which puts it on a bounded gevent
+Queue and waits. The writer takes everything waiting (up to ``batch_max``), writes it with
+multi-row INSERTs and one COMMIT (group commit), then wakes each session with its verdict.
+A session only says 250 after its verdict is STORED: the row is committed.
+
+Failure classes:
+- transient (connection lost, lock wait, timeout, schema trouble): 451 4.3.0 for the whole
+  batch, the connection is dropped and re-opened with backoff. Nothing was committed.
+- permanent for one message (the database refuses that row: too big for max_allowed_packet,
+  bad data): 5xx for that message only; the rest of its batch is written.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import gevent
+from gevent.event import AsyncResult
+from gevent.queue import Empty, Full, Queue
+
+log = logging.getLogger("gsmtpd.store")
+
+# Columns of new_mail written by the server, in the order of every row tuple.
+COLUMNS = ("date", "from", "to", "subject", "body", "charset", "mail", "spam_score", "hash",
+           "content_type", "recipient", "return_path", "ip_addr", "helo", "is_tls", "size",
+           "has_attach", "message_id")
+
+
+class Verdict(Enum):
+    STORED = "stored"            # committed: 250
+    TRANSIENT = "transient"      # not stored, try again: 451 4.3.0
+    TOO_BIG = "too_big"          # the database cannot hold it: 552 5.3.4
+    REFUSED = "refused"          # the database refused this row for good: 554 5.3.0
+
+
+class TransientError(Exception):
+    """The batch was not committed and may succeed later."""
+
+
+class RowRefused(Exception):
+    """The database refused this message's rows for a reason that will not go away."""
+
+    def __init__(self, verdict: Verdict, reason: str):
+        super().__init__(reason)
+        self.verdict = verdict
+
+
+# States of a Pending message; the writer claims QUEUED ones, a session that gives up
+# cancels them, so a message is never committed after its session answered 451.
+QUEUED, WRITING, CANCELLED = range(3)
+
+
+@dataclass(eq=False, slots=True)
+class Pending:
+    rows: list[tuple]
+    state: int = QUEUED
+    result: AsyncResult = field(default_factory=AsyncResult)
+
+
+class Backend:
+    """What the writer needs from a database. Methods block only the calling greenlet."""
+
+    def connect(self) -> None: ...
+    def write(self, batch: list[Pending]) -> list[Verdict]: ...
+    def close(self) -> None: ...
+
+
+def open_backend(url: str, timeout: float) -> Backend:
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        from .sqlite_store import SQLiteBackend
+        # sqlite:///relative.db and sqlite:////abs/path.db, as SQLAlchemy spells them.
+        path = unquote(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else unquote(parts.path)
+        return SQLiteBackend(path or "gsmtpd.db", timeout)
+    if parts.scheme == "mysql":
+        from .mysql_store import MySQLBackend
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        return MySQLBackend(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 3306,
+            user=unquote(parts.username or "root"),
+            password=unquote(parts.password or ""),
+            database=unquote(parts.path.lstrip("/")) or "gsmtpd",
+            unix_socket=query.get("unix_socket"),
+            timeout=timeout,
+        )
+    raise ValueError(f"unknown store {url!r}")
+
+
+class Store:
+    """The queue and the writer greenlet in front of one Backend."""
+
+    RECONNECT_MIN = 0.25
+    RECONNECT_MAX = 4.0
+
+    def __init__(self, backend: Backend, batch_max: int = 200, queue_max: int = 2000,
+                 save_timeout: float = 15.0):
+        self.backend = backend
+        self.batch_max = batch_max
+        self.save_timeout = save_timeout
+        self.queue: Queue = Queue(maxsize=queue_max)
+        self.connected = False
+        self.retry_at = 0.0          # monotonic time of the next connection attempt
+        self.backoff = self.RECONNECT_MIN
+        self.writer: gevent.Greenlet | None = None
+        self.stats = {"batches": 0, "messages": 0, "transient": 0}
+
+    # --- lifecycle
+
+    def start(self) -> None:
+        """Connect once (so a wrong URL or schema fails at start) and spawn the writer."""
+        self.backend.connect()
+        self.connected = True
+        self.writer = gevent.spawn(self._run)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then stop the writer and close the connection."""
+        if self.writer is not None:
+            deadline = time.monotonic() + timeout
+            while not self.queue.empty() and time.monotonic() < deadline:
+                gevent.sleep(0.01)
+            self.writer.kill(block=True, timeout=max(0.1, deadline - time.monotonic()))
+            self.writer = None
+        self._fail_queued()
+        self.backend.close()
+        self.connected = False
+
+    @property
+    def depth(self) -> int:
+        return self.queue.qsize()
+
+    # --- the session side
+
+    def save(self, rows: list[tuple]) -> Verdict:
+        """Queue the message's rows and wait for the writer's verdict (bounded by save_timeout)."""
+        pending = Pending(rows)
+        deadline = time.monotonic() + self.save_timeout
+        try:
+            self.queue.put(pending, timeout=self.save_timeout)
+        except Full:
+            log.warning("store queue full for %.1fs: answering 451", self.save_timeout)
+            return Verdict.TRANSIENT
+        verdict = pending.result.wait(timeout=max(0.0, deadline - time.monotonic()))
+        if verdict is None:
+            if pending.state == QUEUED:
+                pending.state = CANCELLED
+                log.warning("save timed out after %.1fs in the queue: answering 451", self.save_timeout)
+                return Verdict.TRANSIENT
+            # The writer holds it: its verdict is bounded by the database timeouts.
+            verdict = pending.result.get()
+        return verdict
+
+    # --- the writer side
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch:
+                self._write(batch)
+
+    def _next_batch(self) -> list[Pending]:
+        first = self.queue.get()
+        batch = [first]
+        while len(batch) < self.batch_max:
+            try:
+                batch.append(self.queue.get_nowait())
+            except Empty:
+                break
+        claimed = []
+        for pending in batch:
+            if pending.state == QUEUED:
+                pending.state = WRITING
+                claimed.append(pending)
+        return claimed
+
+    def _write(self, batch: list[Pending]) -> None:
+        if not self._ensure_connected():
+            self._finish(batch, [Verdict.TRANSIENT] * len(batch))
+            return
+        started = time.monotonic()
+        try:
+            verdicts = self.backend.write(batch)
+        except TransientError as exc:
+            log.error("store write failed, %d messages get 451: %s", len(batch), exc)
+            self.stats["transient"] += len(batch)
+            self._disconnect()
+            verdicts = [Verdict.TRANSIENT] * len(batch)
+        else:
+            self.stats["batches"] += 1
+            self.stats["messages"] += len(batch)
+            log.debug("committed %d messages in %.1f ms", len(batch), (time.monotonic() - started) * 1000)
+        self._finish(batch, verdicts)
+
+    @staticmethod
+    def _finish(batch: list[Pending], verdicts: list[Verdict]) -> None:
+        for pending, verdict in zip(batch, verdicts):
+            pending.result.set(verdict)
+
+    def _ensure_connected(self) -> bool:
+        if self.connected:
+            return True
+        if time.monotonic() < self.retry_at:
+            return False
+        try:
+            self.backend.connect()
+        except TransientError as exc:
+            self.retry_at = time.monotonic() + self.backoff
+            log.error("store unreachable, retrying in %.2fs: %s", self.backoff, exc)
+            self.backoff = min(self.backoff * 2, self.RECONNECT_MAX)
+            return False
+        log.info("store connection re-established")
+        self.connected = True
+        self.backoff = self.RECONNECT_MIN
+        return True
+
+    def _disconnect(self) -> None:
+        self.backend.close()
+        self.connected = False
+        self.retry_at = 0.0          # the first reconnect is immediate, then backoff
+
+    def _fail_queued(self) -> None:
+        while True:
+            try:
+                pending = self.queue.get_nowait()
+            except Empty:
+                return
+            if pending.state == QUEUED:
+                pending.state = CANCELLED
+                pending.result.set(Verdict.TRANSIENT)

@@ -1,0 +1,137 @@
+"""Framing on the socket: command lines and the DATA stream, with limits.
+
+Reads are large (64 KiB) and buffered; replies are queued and written in one send when
+the session is about to wait for input, so pipelined commands (RFC 2920) get their replies
+in order and in few packets.
+"""
+from __future__ import annotations
+
+import re
+
+RECV_SIZE = 65536
+# RFC 5321 4.1.1.4: the end of mail data is <CRLF>.<CRLF>; with the CRLF that ends the
+# DATA command line counted as the first CRLF, a lone "." on the first line also ends it.
+END_OF_DATA = b"\r\n.\r\n"
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+class ConnectionClosed(Exception):
+    """The client went away."""
+
+
+class LineTooLong(Exception):
+    """A command line passed the limit; the rest of it up to LF was thrown away."""
+
+
+class Wire:
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = bytearray()
+        self.out: list[bytes] = []
+        self.bytes_in = 0
+
+    # --- output
+
+    def send(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def flush(self) -> None:
+        if self.out:
+            data = b"".join(self.out)
+            self.out.clear()
+            self.sock.sendall(data)
+
+    # --- input
+
+    def has_line(self) -> bool:
+        return b"\n" in self.buf
+
+    def _recv(self) -> bytes:
+        self.flush()
+        chunk = self.sock.recv(RECV_SIZE)
+        if not chunk:
+            raise ConnectionClosed()
+        self.bytes_in += len(chunk)
+        return chunk
+
+    def discard_input(self) -> None:
+        """Forget what the client sent ahead (STARTTLS: RFC 3207 section 4.2, CVE-2011-0411)."""
+        self.buf.clear()
+
+    def read_line(self, limit: int) -> bytes:
+        """One line without its line ending. A bare LF also ends a command line, as in
+        Postfix; a line longer than ``limit`` octets raises LineTooLong after its rest has
+        been read and dropped, without keeping it in memory."""
+        buf = self.buf
+        scanned = 0
+        while True:
+            end = buf.find(b"\n", scanned)
+            if end >= 0:
+                if end + 1 > limit:
+                    del buf[:end + 1]
+                    raise LineTooLong()
+                line = bytes(buf[:end])
+                del buf[:end + 1]
+                return line[:-1] if line.endswith(b"\r") else line
+            if len(buf) > limit:
+                self._skip_line()
+                raise LineTooLong()
+            scanned = len(buf)
+            buf += self._recv()
+
+    def _skip_line(self) -> None:
+        self.buf.clear()
+        while True:
+            chunk = self._recv()
+            end = chunk.find(b"\n")
+            if end >= 0:
+                self.buf += chunk[end + 1:]
+                return
+
+    def read_data(self, max_size: int, bare_lf: str = "normalize") -> tuple[bytes | None, int]:
+        """Read the message up to <CRLF>.<CRLF> and undo dot-stuffing (RFC 5321 4.5.2).
+
+        Returns (message, size). The message is None when it grew past ``max_size``: the
+        rest is read and dropped so the session stays usable (RFC 1870 6.1: 552 after the
+        end of data). Only <CRLF>.<CRLF> ends the message: <LF>.<LF>, <CR>.<CR> and the
+        other variants used for SMTP smuggling are content. With ``bare_lf='normalize'``
+        (Postfix 3.9 smtpd_forbid_bare_newline = normalize) a bare LF in the content is
+        stored as CRLF; with 'keep' it is stored as sent.
+        """
+        data = bytearray(b"\r\n")
+        data += self.buf
+        self.buf.clear()
+        # Stuffed dots add at most one octet per line; allow a little for them before cutting.
+        keep_limit = max_size + max_size // 32 + 1024
+        dropped = 0
+        scan_from = 0
+        while True:
+            end = data.find(END_OF_DATA, scan_from)
+            if end >= 0:
+                self.buf += data[end + len(END_OF_DATA):]
+                if dropped:
+                    return None, dropped + end
+                del data[end + 2:]
+                return self._unstuff(data, bare_lf, max_size)
+            if len(data) > keep_limit:
+                # Too big: keep only the tail that could start the terminator.
+                dropped += len(data) - 4
+                del data[:-4]
+            scan_from = max(0, len(data) - 4)
+            data += self._recv()
+
+    @staticmethod
+    def _unstuff(data: bytearray, bare_lf: str, max_size: int) -> tuple[bytes | None, int]:
+        message = bytes(data)
+        if bare_lf == "normalize" and message.count(b"\n") != message.count(b"\r\n"):
+            message = _BARE_LF.sub(b"\r\n", message)
+        if b"\r\n.." in message:
+            message = message.replace(b"\r\n..", b"\r\n.")
+        message = message[2:]
+        if len(message) > max_size:
+            return None, len(message)
+        return message, len(message)
+
+    @staticmethod
+    def has_bare_lf(message: bytes) -> bool:
+        return message.count(b"\n") != message.count(b"\r\n")

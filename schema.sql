@@ -1,0 +1,1 @@
+gsmtpd/schema.sql

@@ -1,0 +1,22 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="gsmtpd",
+    version="0.1.0",
+    description="Inbound-only SMTP server that stores every message it accepts in MySQL or SQLite",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="GPL-3.0-or-later",
+    packages=find_packages(include=["gsmtpd", "gsmtpd.*"]),
+    package_data={"gsmtpd": ["schema.sql"]},
+    python_requires=">=3.11",
+    install_requires=[
+        "gevent>=23.9",
+        "PyMySQL>=1.1",
+        "cchardet>=2.1.7",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6"],
+    },
+    entry_points={"console_scripts": ["gsmtpd = gsmtpd.cli:main"]},
+)
