@@ -1,0 +1,355 @@
+"""Header fields on raw bytes: find, unfold, decode (RFC 5322, 2047, 2231, 6532).
+
+Only the handful of fields gsmtpd stores or needs to walk MIME are ever
+looked at; everything else in a header block is skipped by one regex scan
+in C.  Each value is capped before any Python-level work, so a 600 KB
+header line or a To: with 50,000 addresses costs a memchr, not a parse.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+
+from gsmtpd import charsets
+
+# A value longer than this is cut before unfolding or decoding.  8 KiB holds
+# a 255-character subject even as 4-byte characters in B encoded words.
+MAX_VALUE = 8 * 1024
+# The From: value is scanned token by token; no real From: is this long.
+MAX_FROM = 2 * 1024
+MAX_ENCODED_WORDS = 300
+MAX_PARAMS = 64
+
+WANTED = (b"subject", b"from", b"message-id", b"content-type", b"content-transfer-encoding",
+          b"content-disposition")
+# RFC 5322 2.2: a field starts a line; RFC 5322 4.5.3 (obsolete syntax)
+# allows white space before the colon.
+_FIELD_START = re.compile(
+    rb"^(" + b"|".join(WANTED) + rb")[ \t]*:", re.IGNORECASE | re.MULTILINE)
+
+
+def split_header(raw: bytes, start: int, end: int) -> tuple[int, int]:
+    """(end of header block, start of body) for the entity raw[start:end].
+
+    RFC 5322 2.1: the header ends at the first empty line.  Bare LF is
+    accepted too, as every mail reader does.  No empty line: all header.
+    """
+    if raw.startswith(b"\r\n", start):
+        return start, start + 2
+    if raw.startswith(b"\n", start):
+        return start, start + 1
+    crlf = raw.find(b"\n\r\n", start, end)
+    lf = raw.find(b"\n\n", start, end)
+    if lf != -1 and (crlf == -1 or lf < crlf):
+        return lf + 1, lf + 2
+    if crlf != -1:
+        return crlf + 1, crlf + 3
+    return end, end
+
+
+def fields(raw: bytes, start: int, end: int) -> dict[bytes, bytes]:
+    """The first occurrence of each wanted field in raw[start:end], unfolded."""
+    found: dict[bytes, bytes] = {}
+    for match in _FIELD_START.finditer(raw, start, end):
+        name = match.group(1).lower()
+        if name in found:
+            continue
+        found[name] = _unfolded_value(raw, match.end(), end)
+        if len(found) == len(WANTED):
+            break
+    return found
+
+
+def _unfolded_value(raw: bytes, start: int, end: int) -> bytes:
+    """RFC 5322 2.2.3: a field continues on lines starting with SP or HTAB."""
+    line_end = raw.find(b"\n", start, end)
+    while line_end != -1 and line_end + 1 < end and raw[line_end + 1] in b" \t":
+        if line_end - start > MAX_VALUE:
+            break
+        line_end = raw.find(b"\n", line_end + 1, end)
+    if line_end == -1:
+        line_end = end
+    value = raw[start:min(line_end, start + MAX_VALUE)]
+    # Unfolding removes the CRLF only, keeping the white space after it.
+    return value.replace(b"\r", b"").replace(b"\n", b"").strip()
+
+
+# --- raw bytes -> str (RFC 6532 and legacy 8-bit) --------------------------
+
+def text(value: bytes, hints: tuple[str | None, ...] = ()) -> str:
+    """A header value as str, before RFC 2047 decoding.
+
+    RFC 6532 3.2 allows raw UTF-8 in headers.  Raw bytes that are not UTF-8
+    are a legacy mailer's own charset: the message's declared charsets are
+    the best guess, then cchardet.
+    """
+    if value.isascii():
+        return value.decode("ascii")
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    for hint in hints:
+        canonical = charsets.normalize(hint)
+        if canonical and canonical not in charsets.NOT_ASCII_COMPATIBLE and canonical != "utf-8":
+            decoded = charsets._strict(value, canonical)
+            if decoded is not None:
+                return decoded
+    return charsets.decode(value, None)[0]
+
+
+# --- RFC 2047 encoded words ------------------------------------------------
+
+# RFC 2047 2: =?charset?encoding?encoded-text?= ; the charset may carry an
+# RFC 2231 5 language suffix (*en).  Real mail puts spaces inside Q words,
+# so encoded-text is anything printable but '?'.
+_ENCODED_WORD = re.compile(r"=\?([^?\s]{1,80})\?([bBqQ])\?([^?]*)\?=")
+_ONLY_SPACE = re.compile(r"[ \t\r\n]*\Z")
+_BASE64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
+
+
+def _word_bytes(encoding: str, payload: str) -> bytes | None:
+    """The octets of one encoded word, or None if it is malformed."""
+    if not payload.isascii():
+        return None
+    data = payload.encode("ascii")
+    if encoding in "qQ":
+        # RFC 2047 4.2: '_' is space, =XX is an octet.
+        return binascii.a2b_qp(data, header=True)
+    return b64decode_lenient(data, strict=True)
+
+
+def b64decode_lenient(data: bytes, strict: bool = False) -> bytes | None:
+    """Base64 with line noise, missing or misplaced padding (RFC 2045 6.8).
+
+    RFC 2045 6.8 says characters outside the alphabet are ignored.  Padding
+    is restored; a '=' in the middle (concatenated encodings) splits chunks.
+    With strict=True, junk characters make the word malformed (None).
+    """
+    body, _, tail = data.partition(b"=")
+    if tail.strip(b"=\r\n\t ") and not strict:
+        chunks = re.split(rb"=+", data)
+        return b"".join(b64decode_lenient(chunk) or b"" for chunk in chunks)
+    if strict and (tail.strip(b"=") or _BASE64_JUNK.search(body)):
+        return None
+    clean = _BASE64_JUNK.sub(b"", body)
+    remainder = len(clean) % 4
+    if remainder == 1:  # a lone sextet carries no whole octet
+        clean = clean[:-1]
+    elif remainder:
+        clean += b"=" * (4 - remainder)
+    try:
+        return binascii.a2b_base64(clean)
+    except binascii.Error:
+        return None
+
+
+def decode_words(value: str, limit: int = MAX_VALUE) -> str:
+    """Decode RFC 2047 encoded words; malformed ones stay as they are.
+
+    RFC 2047 6.2: white space between two adjacent encoded words is
+    dropped.  Adjacent words in one charset are decoded together, because
+    senders split a multibyte character across two words (forbidden by
+    RFC 2047 5 (3), common in practice).  Stops once `limit` characters
+    are out, so a huge subject costs only what is kept.
+    """
+    if "=?" not in value:
+        return value
+    out: list[str] = []
+    produced = 0
+    pending: list[bytes] = []  # octets of adjacent words in one charset
+    pending_charset = None
+    position = 0
+    for count, match in enumerate(_ENCODED_WORD.finditer(value)):
+        octets = _word_bytes(match.group(2), match.group(3))
+        if octets is None or count >= MAX_ENCODED_WORDS:
+            continue  # left in the gap text: shown as written
+        gap = value[position:match.start()]
+        charset = match.group(1).lower()
+        if pending and (gap and not _ONLY_SPACE.match(gap) or charset != pending_charset):
+            produced += _flush(out, pending, pending_charset)
+        if gap and not (pending and _ONLY_SPACE.match(gap)):
+            out.append(gap)
+            produced += len(gap)
+        pending.append(octets)
+        pending_charset = charset
+        position = match.end()
+        if produced > limit:
+            break
+    if pending:
+        _flush(out, pending, pending_charset)
+    if produced <= limit:
+        out.append(value[position:])
+    return "".join(out)
+
+
+def _flush(out: list[str], pending: list[bytes], charset: str | None) -> int:
+    decoded = charsets.decode(b"".join(pending), charset)[0]
+    pending.clear()
+    out.append(decoded)
+    return len(decoded)
+
+
+# --- parameters (RFC 2045 5.1, RFC 2231) ----------------------------------
+
+_PARAM = re.compile(
+    r';\s*([^\s=;"]+)\s*=\s*("(?:[^"\\]|\\.)*"?|[^;]*)', re.S)
+_QUOTED_PAIR = re.compile(r"\\(.)", re.S)
+_SECTION = re.compile(r"^(.*?)\*(\d+)(\*?)$")
+_PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def content_type(value: str) -> tuple[str, dict[str, str]]:
+    """'Text/HTML; charset="UTF-8"' -> ('text/html', {'charset': 'UTF-8'})."""
+    head, _, rest = value.partition(";")
+    return head.strip().lower(), params(";" + rest) if rest else {}
+
+
+def params(value: str) -> dict[str, str]:
+    """Parameters, with RFC 2231 3 continuations and 4 charset/percent encoding."""
+    simple: dict[str, str] = {}
+    sections: dict[str, list[tuple[int, bool, str]]] = {}
+    for count, match in enumerate(_PARAM.finditer(value)):
+        if count >= MAX_PARAMS:
+            break
+        name, raw_value = match.group(1).lower(), match.group(2).strip()
+        if raw_value.startswith('"'):
+            raw_value = _QUOTED_PAIR.sub(r"\1", raw_value[1:].removesuffix('"'))
+        section = _SECTION.match(name)
+        if section:
+            base, number, encoded = section.groups()
+            sections.setdefault(base, []).append((int(number), bool(encoded), raw_value))
+        elif name.endswith("*"):
+            simple.setdefault(name[:-1], _rfc2231_value(raw_value, initial=True))
+        else:
+            simple.setdefault(name, raw_value)
+    for base, parts in sections.items():
+        simple.setdefault(base, _joined_sections(parts))
+    return simple
+
+
+def _joined_sections(parts: list[tuple[int, bool, str]]) -> str:
+    """RFC 2231 3: name*0, name*1* ... joined in order; only *0* names the charset."""
+    parts.sort(key=lambda part: part[0])
+    charset = None
+    octets = []
+    for number, encoded, piece in parts[:MAX_PARAMS]:
+        if encoded and number == 0:
+            charset, _, piece = _split_charset(piece)
+        octets.append(_unpercent(piece) if encoded else piece.encode("utf-8", "replace"))
+    return charsets.decode(b"".join(octets), charset)[0]
+
+
+def _rfc2231_value(value: str, initial: bool) -> str:
+    charset, _, encoded = _split_charset(value)
+    return charsets.decode(_unpercent(encoded), charset)[0]
+
+
+def _split_charset(value: str) -> tuple[str | None, str, str]:
+    """RFC 2231 4: charset'language'percent-encoded-text."""
+    pieces = value.split("'", 2)
+    if len(pieces) != 3:
+        return None, "", value
+    return pieces[0] or None, pieces[1], pieces[2]
+
+
+def _unpercent(text: str) -> bytes:
+    return _PERCENT.sub(lambda m: chr(int(m.group(1), 16)), text).encode("latin-1", "replace")
+
+
+# --- the From: address (RFC 5322 3.4) --------------------------------------
+
+# Tokens outside a comment: quoted string, quoted pair, a run of '(' that
+# opens comments, specials, and everything else.  Inside a comment only
+# parentheses and quoted pairs matter (RFC 5322 3.2.2).
+_OUTSIDE = re.compile(r'"(?:[^"\\]|\\.)*"?|\\.|\(+|[<>,:;@]|[^"\\(<>,:;@]+', re.S)
+_INSIDE = re.compile(r"\(+|\)|\\.|[^()\\]+", re.S)
+MAX_ADDRESS = 254  # RFC 5321 4.5.3.1.3 (256 with the angle brackets)
+
+
+def address(value: str) -> str:
+    """The first mailbox's addr-spec in a From: value, lower-cased, or ''."""
+    found = _first_addr_spec(value[:MAX_FROM])
+    if not found and "=?" in value:
+        # Some mailers encode the whole "Name <addr>" as one encoded word.
+        found = _first_addr_spec(decode_words(value[:MAX_FROM]))
+    return found
+
+
+def _tokens_outside_comments(value: str):
+    depth = 0
+    position = 0
+    while position < len(value):
+        pattern = _INSIDE if depth else _OUTSIDE
+        match = pattern.match(value, position)
+        if match is None:  # cannot happen: the patterns cover every character
+            return
+        token = match.group()
+        position = match.end()
+        if token[0] == "(":
+            depth += len(token)
+        elif depth:
+            if token == ")":
+                depth -= 1
+        else:
+            yield token
+
+
+def _first_addr_spec(value: str) -> str:
+    """Walk tokens: the first <angle-addr>, else the first bare addr-spec."""
+    words: list[str] = []
+    angle: list[str] | None = None
+    for token in _tokens_outside_comments(value):
+        if angle is not None:
+            if token == ">":
+                found = _angle_spec(angle)
+                if found:
+                    return found
+                angle = None
+            else:
+                angle.append(token)
+        elif token == "<":
+            angle = []
+            words = []
+        elif token in (",", ";"):
+            found = _bare_spec(words)
+            if found:
+                return found
+            words = []
+        elif token == ":":
+            words = []  # RFC 5322 3.4: a group's display name
+        else:
+            words.append(token)
+    if angle:  # an unterminated "<addr" is still meant as an address
+        return _angle_spec(angle)
+    return _bare_spec(words)
+
+
+def _angle_spec(tokens: list[str]) -> str:
+    """Inside <...>: white space outside quoted strings is folding, not content."""
+    spec = "".join(token if token[0] == '"' else "".join(token.split()) for token in tokens)
+    if spec.startswith("@") and ":" in spec:
+        spec = spec.split(":", 1)[1]  # RFC 5322 4.4: obs-route "@relay:"
+    return _checked(spec)
+
+
+def _bare_spec(tokens: list[str]) -> str:
+    """No angle brackets: the words touching the first '@' ("John j@x.org" too)."""
+    try:
+        at = tokens.index("@")
+    except ValueError:
+        return ""
+    before = tokens[at - 1] if at else ""
+    after = tokens[at + 1].split() if at + 1 < len(tokens) else []
+    local = before if before.startswith('"') else (before.split() or [""])[-1]
+    if before[-1:].isspace() or not after or tokens[at + 1][:1].isspace():
+        return ""
+    return _checked(local + "@" + after[0])
+
+
+def _checked(spec: str) -> str:
+    local, at, domain = spec.rpartition("@")
+    if not at or not local or not domain or len(spec) > MAX_ADDRESS:
+        return ""
+    return spec.lower()
