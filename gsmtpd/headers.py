@@ -21,44 +21,67 @@ MAX_FROM = 2 * 1024
 MAX_ENCODED_WORDS = 300
 MAX_PARAMS = 64
 
-WANTED = (b"subject", b"from", b"message-id", b"content-type", b"content-transfer-encoding",
-          b"content-disposition")
-# RFC 5322 2.2: a field starts a line; RFC 5322 4.5.3 (obsolete syntax)
-# allows white space before the colon.
-_FIELD_START = re.compile(
-    rb"^(" + b"|".join(WANTED) + rb")[ \t]*:", re.IGNORECASE | re.MULTILINE)
+# The fields an entity inside a multipart can usefully carry.
+MIME_FIELDS = (b"content-type", b"content-transfer-encoding", b"content-disposition")
+# The top-level header adds the ones gsmtpd stores.
+MESSAGE_FIELDS = (b"subject", b"from", b"message-id") + MIME_FIELDS
 
 
-def split_header(raw: bytes, start: int, end: int) -> tuple[int, int]:
-    """(end of header block, start of body) for the entity raw[start:end].
+def _any_case(name: bytes) -> bytes:
+    """b"from" -> rb"[fF][rR][oO][mM]".
 
-    RFC 5322 2.1: the header ends at the first empty line.  Bare LF is
-    accepted too, as every mail reader does.  No empty line: all header.
+    Spelled out instead of re.IGNORECASE: with IGNORECASE the regex engine
+    tries every byte; with a literal "\n" in front it jumps from line to
+    line, twice as fast on a megabyte of To: addresses.
+    """
+    return b"".join(b"[%c%c]" % (c, c - 32) if 97 <= c <= 122 else re.escape(bytes([c])) for c in name)
+
+
+def _field_pattern(names: tuple[bytes, ...]) -> tuple[re.Pattern, re.Pattern]:
+    # RFC 5322 2.2: a field starts a line; names are case-insensitive;
+    # RFC 5322 4.5.3 (obsolete syntax) allows white space before the colon.
+    # RFC 5322 2.1: the first empty line ends the header.  Bare LF is
+    # accepted, as every mail reader does.
+    field = rb"(" + b"|".join(_any_case(name) for name in names) + rb")[ \t]*:"
+    return re.compile(field), re.compile(rb"\n(?:" + field + rb"|(\r?\n))")
+
+
+_PATTERNS = {names: _field_pattern(names) for names in (MIME_FIELDS, MESSAGE_FIELDS)}
+
+
+def read(raw: bytes, start: int, end: int, names: tuple[bytes, ...],
+         limit: int) -> tuple[dict[bytes, bytes], int]:
+    """The first occurrence of each named field of the entity raw[start:end],
+    unfolded, and where its body starts.
+
+    One regex pass finds both the fields and the empty line, jumping from
+    line start to line start.  A header longer than `limit` is searched no
+    further for fields; its end is still found.
     """
     if raw.startswith(b"\r\n", start):
-        return start, start + 2
+        return {}, start + 2
     if raw.startswith(b"\n", start):
-        return start, start + 1
-    crlf = raw.find(b"\n\r\n", start, end)
-    lf = raw.find(b"\n\n", start, end)
-    if lf != -1 and (crlf == -1 or lf < crlf):
-        return lf + 1, lf + 2
-    if crlf != -1:
-        return crlf + 1, crlf + 3
-    return end, end
-
-
-def fields(raw: bytes, start: int, end: int) -> dict[bytes, bytes]:
-    """The first occurrence of each wanted field in raw[start:end], unfolded."""
+        return {}, start + 1
+    first_line, field_start = _PATTERNS[names]
     found: dict[bytes, bytes] = {}
-    for match in _FIELD_START.finditer(raw, start, end):
+    match = first_line.match(raw, start, end)
+    if match:
+        found[match.group(1).lower()] = _unfolded_value(raw, match.end(), end)
+    scan_end = min(end, start + limit)
+    for match in field_start.finditer(raw, start, scan_end):
+        if match.group(2) is not None:
+            return found, match.end()
         name = match.group(1).lower()
-        if name in found:
-            continue
-        found[name] = _unfolded_value(raw, match.end(), end)
-        if len(found) == len(WANTED):
-            break
-    return found
+        if name not in found:
+            found[name] = _unfolded_value(raw, match.end(), end)
+    return found, _body_start_past(raw, scan_end, end)
+
+
+def _body_start_past(raw: bytes, position: int, end: int) -> int:
+    if position >= end:
+        return end
+    blank = raw.find(b"\n\r\n", position - 1, end)
+    return end if blank == -1 else blank + 3
 
 
 def _unfolded_value(raw: bytes, start: int, end: int) -> bytes:

@@ -27,9 +27,9 @@ from gsmtpd import charsets, headers
 # Caps on hostile structure.  Past a cap the rest of the message is not
 # walked and the fields come from what was seen.
 MAX_DEPTH = 32          # nested multiparts / message/rfc822
-MAX_PARTS = 256         # entities of all kinds in one message
-MAX_BOUNDARY_SCANS = 4096  # boundary candidates examined (matches or not)
-MAX_HEADER = 1024 * 1024   # header bytes scanned per entity
+MAX_PARTS = 128         # entities of all kinds in one message
+MAX_BOUNDARY_SCANS = 1024  # boundary candidates examined (matches or not)
+MAX_HEADER = 4 * 1024 * 1024  # header bytes searched per entity (~1 ms per MB)
 MAX_SUBJECT = 255
 MAX_MESSAGE_ID = 255
 BOUNDARY_GUESS_WINDOW = 8 * 1024
@@ -106,7 +106,7 @@ class _Budget:
 def _walk(raw: bytes) -> tuple[_Entity, list[_Entity]]:
     """Every entity in document order, iteratively (no recursion limit to hit)."""
     budget = _Budget()
-    root = _entity(raw, 0, len(raw), "text/plain", False)
+    root = _entity(raw, 0, len(raw), "text/plain", False, headers.MESSAGE_FIELDS)
     entities = [root]
     stack = [(root, 0)]
     while stack:
@@ -133,13 +133,13 @@ def _children(raw: bytes, entity: _Entity, budget: _Budget) -> list[_Entity]:
             return []
         spans = _split_multipart(raw, entity.body_start, entity.body_end, boundary.encode("utf-8", "replace"),
                                  budget)
-        return [_entity(raw, start, end, default, inside) for start, end in spans]
+        return [_entity(raw, start, end, default, inside, headers.MIME_FIELDS) for start, end in spans]
     if entity.content_type in ("message/rfc822", "message/global") and entity.encoding not in (
             _BASE64, _QUOTED_PRINTABLE):
         # RFC 2046 5.2.1 (and RFC 6532 3.7 for message/global): the body is
         # a whole message; walk it so a forwarded message is shown.
         budget.parts -= 1
-        return [_entity(raw, entity.body_start, entity.body_end, "text/plain", inside)]
+        return [_entity(raw, entity.body_start, entity.body_end, "text/plain", inside, headers.MESSAGE_FIELDS)]
     return []
 
 
@@ -171,6 +171,8 @@ def _split_multipart(raw: bytes, start: int, end: int, boundary: bytes, budget: 
         position = found + len(delimiter)
         if found != start and raw[found - 1] != 0x0A:
             continue  # not at the start of a line
+        if raw[position:position + 1] not in _AFTER_BOUNDARY:
+            continue  # a longer boundary that starts with ours
         closing = raw.startswith(b"--", position)
         line_end = raw.find(b"\n", position, end)
         line_end = end if line_end == -1 else line_end
@@ -188,6 +190,10 @@ def _split_multipart(raw: bytes, start: int, end: int, boundary: bytes, budget: 
     return spans
 
 
+# What may follow a boundary: "--", transport padding, the line end, the end.
+_AFTER_BOUNDARY = frozenset((b"-", b" ", b"\t", b"\r", b"\n", b""))
+
+
 def _before_line_break(raw: bytes, part_start: int, delimiter_at: int) -> int:
     end = delimiter_at
     if end > part_start and raw[end - 1] == 0x0A:
@@ -197,9 +203,9 @@ def _before_line_break(raw: bytes, part_start: int, delimiter_at: int) -> int:
     return end
 
 
-def _entity(raw: bytes, start: int, end: int, default_type: str, inside_attachment: bool) -> _Entity:
-    header_end, body_start = headers.split_header(raw, start, end)
-    found = headers.fields(raw, start, min(header_end, start + MAX_HEADER))
+def _entity(raw: bytes, start: int, end: int, default_type: str, inside_attachment: bool,
+            wanted: tuple[bytes, ...]) -> _Entity:
+    found, body_start = headers.read(raw, start, end, wanted, MAX_HEADER)
     content_type, params = _content_type(found.get(b"content-type"), default_type)
     disposition, disposition_params = _content_type(found.get(b"content-disposition"), "")
     encoding = found.get(b"content-transfer-encoding", b"7bit").decode("latin-1").strip().lower()
