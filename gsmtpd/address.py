@@ -64,8 +64,10 @@ def parse_helo(argument: str) -> str | None:
     return words[0][:255]
 
 
-def parse_path(argument: str, keyword: str, null_allowed: bool) -> Path | R.Reply:
-    """Parse the argument of MAIL ("FROM") or RCPT ("TO"): ``FROM:<a@b> SIZE=10``."""
+def parse_path(argument: str, keyword: str, null_allowed: bool, utf8: bool = False) -> Path | R.Reply:
+    """Parse the argument of MAIL ("FROM") or RCPT ("TO"): ``FROM:<a@b> SIZE=10``.
+    UTF-8 is allowed in the address when ``utf8`` (the transaction's SMTPUTF8) is true or
+    the command itself carries the SMTPUTF8 parameter (RFC 6531 3.4)."""
     syntax = R.MAIL_SYNTAX if keyword == "FROM" else R.RCPT_SYNTAX
     bad = R.BAD_SENDER if keyword == "FROM" else R.BAD_RECIPIENT
     head, colon, rest = argument.partition(":")
@@ -86,7 +88,7 @@ def parse_path(argument: str, keyword: str, null_allowed: bool) -> Path | R.Repl
     params = parse_params(tail)
     if params is None:
         return syntax
-    utf8 = "SMTPUTF8" in params
+    utf8 = utf8 or "SMTPUTF8" in params
     if len(path) + 2 > MAX_PATH or not path.isprintable():
         return bad
     if not path:

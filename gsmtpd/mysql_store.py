@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 from importlib import resources
 
 import pymysql
 
-from .store import COLUMNS, Backend, Pending, RowRefused, TransientError, Verdict
+from .store import (COLUMNS, Backend, Pending, RowRefused, StoreMisconfigured, StoreUnreachable,
+                    TransientError, Verdict)
 
 log = logging.getLogger("gsmtpd.store.mysql")
 
@@ -23,6 +25,12 @@ PACKET_SLACK = 4096
 
 # MySQL errors that say "this data will never fit": the row is refused, the batch goes on.
 PERMANENT = (pymysql.err.DataError, pymysql.err.IntegrityError)
+# A connection idle this long is pinged before use: MySQL drops idle ones (wait_timeout),
+# and finding out by failing a batch would cost its messages a 451.
+IDLE_PING_SECONDS = 30.0
+# Client-side error numbers for "nothing answers there" (CR_CONNECTION_ERROR, CR_CONN_HOST_ERROR,
+# CR_SERVER_GONE_ERROR, CR_SERVER_LOST): the server may come back.
+UNREACHABLE = {2002, 2003, 2006, 2013}
 
 
 def quote_bytes(data: bytes) -> bytes:
@@ -63,6 +71,7 @@ class MySQLBackend(Backend):
                            max_allowed_packet=1 << 30)
         self.conn: pymysql.connections.Connection | None = None
         self.max_packet = 16 << 20
+        self.last_used = 0.0
 
     def connect(self) -> None:
         self.close()
@@ -76,10 +85,14 @@ class MySQLBackend(Backend):
                 self.max_packet = int(cur.fetchone()[0])
             conn.commit()
         except pymysql.err.MySQLError as exc:
-            raise TransientError(f"cannot connect to MySQL: {exc}") from exc
+            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+            if code in UNREACHABLE:
+                raise StoreUnreachable(f"cannot connect to MySQL: {exc}") from exc
+            raise StoreMisconfigured(f"MySQL refused us: {exc}") from exc
         except OSError as exc:
-            raise TransientError(f"cannot connect to MySQL: {exc}") from exc
+            raise StoreUnreachable(f"cannot connect to MySQL: {exc}") from exc
         self.conn = conn
+        self.last_used = time.monotonic()
 
     def close(self) -> None:
         if self.conn is not None:
@@ -91,6 +104,8 @@ class MySQLBackend(Backend):
 
     def write(self, batch: list[Pending]) -> list[Verdict]:
         verdicts = [Verdict.STORED] * len(batch)
+        if time.monotonic() - self.last_used > IDLE_PING_SECONDS:
+            self._revive()
         try:
             try:
                 self._insert(batch, verdicts)
@@ -102,7 +117,15 @@ class MySQLBackend(Backend):
             self.conn.commit()
         except (pymysql.err.MySQLError, OSError) as exc:
             raise TransientError(str(exc)) from exc
+        self.last_used = time.monotonic()
         return verdicts
+
+    def _revive(self) -> None:
+        try:
+            self.conn.ping(reconnect=False)
+        except (pymysql.err.MySQLError, OSError):
+            log.info("idle MySQL connection was closed by the server; reconnecting")
+            self.connect()
 
     def _insert(self, batch: list[Pending], verdicts: list[Verdict]) -> None:
         limit = self.max_packet - PACKET_SLACK

@@ -14,7 +14,7 @@ from gevent.server import StreamServer
 
 from . import replies as R
 from .address import AllowedHosts
-from .session import Session
+from .session import Session, ShuttingDown
 from .store import Store
 
 log = logging.getLogger("gsmtpd.server")
@@ -51,6 +51,7 @@ class Server:
                 pass
             return
         session = Session(sock, address, self)
+        session.greenlet = gevent.getcurrent()
         self.sessions.add(session)
         try:
             session.run()
@@ -58,12 +59,17 @@ class Server:
             self.sessions.discard(session)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop accepting, give open sessions ``timeout`` seconds to end, then cut them off."""
+        """Graceful stop: no new connections; idle sessions get 421 4.3.0 now, busy ones
+        finish their transaction (a message in DATA gets its 250 after commit) and get 421
+        at their next command; after ``timeout`` seconds whatever is left is cut off."""
         self.accepting = False
         for listener in self.listeners:
             listener.close()
         deadline = time.monotonic() + timeout
         while self.sessions and time.monotonic() < deadline:
+            for session in list(self.sessions):
+                if session.idle:
+                    session.greenlet.kill(ShuttingDown, block=False)
             gevent.sleep(0.05)
         for listener in self.listeners:
             listener.stop(timeout=0)

@@ -39,6 +39,10 @@ class DataTimeout(Exception):
     pass
 
 
+class ShuttingDown(Exception):
+    """Raised into an idle session by Server.stop(): 421 4.3.0 and close."""
+
+
 class Session:
     def __init__(self, sock, address, server):
         self.wire = Wire(sock)
@@ -53,6 +57,7 @@ class Session:
         self.errors = 0
         self.messages = 0
         self.closing = False
+        self.reading_command = False
 
     # --- the loop
 
@@ -78,6 +83,10 @@ class Session:
             self.wire.out.clear()
             self.reply(R.DATA_TIMEOUT)
             self._flush_quietly()
+        except ShuttingDown:
+            self.wire.out.clear()
+            self.reply(R.SHUTTING_DOWN)
+            self._flush_quietly()
         except (ConnectionClosed, OSError):
             pass
         finally:
@@ -90,11 +99,21 @@ class Session:
         except OSError:
             pass
 
+    @property
+    def idle(self) -> bool:
+        """Waiting for the client's next command, with nothing of ours in flight."""
+        return self.reading_command and self.wire.waiting
+
     def next_command(self) -> bytes | None:
+        if not self.server.accepting:
+            raise ShuttingDown()
+        self.reading_command = True
         try:
             return self.wire.read_line(MAX_COMMAND_LINE)
         except LineTooLong:
             return None
+        finally:
+            self.reading_command = False
 
     def reply(self, reply: R.Reply) -> None:
         if reply[0] == 0x35:  # b"5": RFC 5321 permanent errors count towards the error limit
@@ -214,15 +233,12 @@ class Session:
             self.reply(R.NEED_MAIL if self.helo is not None else R.NEED_HELO)
             return
         envelope = self.envelope
-        path = parse_path(argument, "TO", null_allowed=False)
+        path = parse_path(argument, "TO", null_allowed=False, utf8=envelope.smtputf8)
         if isinstance(path, R.Reply):
             self.reply(path)
             return
         if path.params:
             self.reply(R.BAD_PARAMETER)   # no RCPT parameters are advertised (no DSN)
-            return
-        if path.address.isascii() is False and not envelope.smtputf8:
-            self.reply(R.UTF8_NEEDS_SMTPUTF8)
             return
         if path.domain and path.domain not in self.server.allowed_hosts:
             self.reply(R.RELAY_DENIED)

@@ -11,7 +11,7 @@ import sqlite3
 
 from gevent import get_hub
 
-from .store import COLUMNS, Backend, Pending, TransientError, Verdict
+from .store import COLUMNS, Backend, Pending, StoreMisconfigured, TransientError, Verdict
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS new_mail (
@@ -57,7 +57,7 @@ class SQLiteBackend(Backend):
         try:
             self.conn = self._in_thread(self._open)
         except (sqlite3.Error, OSError) as exc:
-            raise TransientError(f"cannot open SQLite store {self.path}: {exc}") from exc
+            raise StoreMisconfigured(f"cannot open SQLite store {self.path}: {exc}") from exc
 
     def _open(self) -> sqlite3.Connection:
         directory = os.path.dirname(os.path.abspath(self.path))

@@ -42,6 +42,15 @@ class TransientError(Exception):
     """The batch was not committed and may succeed later."""
 
 
+class StoreUnreachable(TransientError):
+    """Nothing answers at the store's address (yet): the server starts and answers 451."""
+
+
+class StoreMisconfigured(TransientError):
+    """The store answers but refuses us (credentials, database, schema): fatal at start,
+    retried like any transient error once the server is running."""
+
+
 class RowRefused(Exception):
     """The database refused this message's rows for a reason that will not go away."""
 
@@ -113,9 +122,14 @@ class Store:
     # --- lifecycle
 
     def start(self) -> None:
-        """Connect once (so a wrong URL or schema fails at start) and spawn the writer."""
-        self.backend.connect()
-        self.connected = True
+        """Connect once, so wrong credentials or a bad schema stop the start with a clear
+        message (StoreMisconfigured). A store that is merely down does not: sessions get
+        451 until the writer's reconnects succeed."""
+        try:
+            self.backend.connect()
+            self.connected = True
+        except StoreUnreachable as exc:
+            log.error("store unreachable at start, answering 451 until it is back: %s", exc)
         self.writer = gevent.spawn(self._run)
 
     def close(self, timeout: float = 10.0) -> None:

@@ -29,6 +29,7 @@ class Wire:
         self.buf = bytearray()
         self.out: list[bytes] = []
         self.bytes_in = 0
+        self.waiting = False         # blocked in recv with every reply sent
 
     # --- output
 
@@ -48,7 +49,11 @@ class Wire:
 
     def _recv(self) -> bytes:
         self.flush()
-        chunk = self.sock.recv(RECV_SIZE)
+        self.waiting = True
+        try:
+            chunk = self.sock.recv(RECV_SIZE)
+        finally:
+            self.waiting = False
         if not chunk:
             raise ConnectionClosed()
         self.bytes_in += len(chunk)
