@@ -217,6 +217,22 @@ _LABEL_JUNK = re.compile(r"[^a-z0-9_.:+-].*", re.S)
 _PY_NORMALIZE = re.compile(r"[^a-z0-9.]+")
 
 
+def _python_name(label: str) -> str:
+    """Python's own spelling: 'ISO-8859-2' -> 'iso_8859_2' (codecs.lookup's rule)."""
+    return _PY_NORMALIZE.sub("_", label).strip("_")
+
+
+def _canonical_by_codec() -> dict[str, str]:
+    """Python codec name -> our canonical name, so 'latin10' reports 'iso-8859-16'."""
+    result: dict[str, str] = {}
+    for label, canonical in _LABELS.items():
+        codec_name = _PYTHON_CODECS.get(_python_name(label))
+        if canonical and codec_name:
+            result.setdefault(codec_name, canonical)
+    return result
+
+
+_CANONICAL_BY_CODEC = _canonical_by_codec()
 def normalize(label: str | bytes | None) -> str | None:
     """Label as declared -> canonical charset name, '' for "sniff it", None if unknown.
 
@@ -234,20 +250,19 @@ def normalize(label: str | bytes | None) -> str | None:
     canonical = _LABELS.get(label)
     if canonical is not None:
         return canonical
-    python_name = _PY_NORMALIZE.sub("_", label).strip("_")
-    codec_name = _PYTHON_CODECS.get(python_name)
+    codec_name = _PYTHON_CODECS.get(_python_name(label))
     if codec_name is None:
         return None
-    # A charset only Python knows (cp850, iso8859-16 spelled oddly ...):
-    # report it under the label the message used.
-    return _LABELS.get(codec_name, label)
+    # A spelling only Python knows ('latin10'), or a charset only Python
+    # knows ('cp1125'): report ours, else Python's name for it.
+    return _CANONICAL_BY_CODEC.get(codec_name, codec_name)
 
 
 def python_codecs(canonical: str) -> tuple[str, ...]:
     codec_list = _CODECS.get(canonical)
     if codec_list is not None:
         return codec_list
-    return (_PYTHON_CODECS.get(_PY_NORMALIZE.sub("_", canonical).strip("_"), canonical),)
+    return (_PYTHON_CODECS.get(_python_name(canonical), canonical),)
 
 
 def reported_name(canonical: str) -> str:

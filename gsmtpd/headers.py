@@ -189,10 +189,11 @@ def decode_words(value: str, limit: int = MAX_VALUE) -> str:
         if octets is None or count >= MAX_ENCODED_WORDS:
             continue  # left in the gap text: shown as written
         gap = value[position:match.start()]
+        adjacent = position > 0 and bool(_ONLY_SPACE.match(gap))
         charset = match.group(1).lower()
-        if pending and (gap and not _ONLY_SPACE.match(gap) or charset != pending_charset):
+        if pending and not (adjacent and charset == pending_charset):
             produced += _flush(out, pending, pending_charset)
-        if gap and not (pending and _ONLY_SPACE.match(gap)):
+        if not adjacent:
             out.append(gap)
             produced += len(gap)
         pending.append(octets)
@@ -201,7 +202,7 @@ def decode_words(value: str, limit: int = MAX_VALUE) -> str:
         if produced > limit:
             break
     if pending:
-        _flush(out, pending, pending_charset)
+        produced += _flush(out, pending, pending_charset)
     if produced <= limit:
         out.append(value[position:])
     return "".join(out)

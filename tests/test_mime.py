@@ -1,0 +1,190 @@
+"""gsmtpd.mime: real-world-shaped messages -> the fields a user would see stored.
+
+The corpus (tests/mime_corpus/NAME.eml + expected.json) is bytes as on the
+wire; tests/mime_corpus/generate.py wrote it, with the expectations typed
+by hand.  Hostile shapes come from bench/bench_mime.py, so the benchmark
+and these tests exercise the same inputs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gsmtpd import charsets, headers
+from gsmtpd.mime import Parsed, parse
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = Path(__file__).resolve().parent / "mime_corpus"
+EXPECTED = json.loads((CORPUS / "expected.json").read_text(encoding="utf-8"))
+EXACT_FIELDS = ("subject", "from_addr", "body", "charset", "content_type", "has_attach", "message_id")
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench_mime", ROOT / "bench" / "bench_mime.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BENCH = _load_bench()
+
+
+def assert_storable(parsed: Parsed) -> None:
+    """What MySQL utf8mb4 accepts: valid UTF-8, no NUL; and the column limits."""
+    for name in ("subject", "from_addr", "body", "charset", "content_type", "message_id"):
+        value = getattr(parsed, name)
+        assert isinstance(value, str), name
+        value.encode("utf-8")  # raises on a lone surrogate
+        assert "\x00" not in value, name
+    assert len(parsed.subject) <= 255
+    assert len(parsed.message_id) <= 255
+    assert isinstance(parsed.has_attach, int) and parsed.has_attach >= 0
+    assert parsed.charset == parsed.charset.lower() and parsed.charset
+    assert parsed.content_type == parsed.content_type.lower() and "/" in parsed.content_type
+
+
+# --- the corpus ----------------------------------------------------------------
+
+def test_corpus_is_large_enough():
+    charset_names = {expected["charset"] for expected in EXPECTED.values() if "charset" in expected}
+    assert len(charset_names) >= 40, sorted(charset_names)
+    for name in EXPECTED:
+        assert b"\n" not in (CORPUS / f"{name}.eml").read_bytes().replace(b"\r\n", b"") or name.startswith("bare_lf")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_corpus_message(name):
+    expected = dict(EXPECTED[name])
+    prefer = expected.pop("prefer", "html")
+    parsed = parse((CORPUS / f"{name}.eml").read_bytes(), prefer)
+    assert_storable(parsed)
+    for field in EXACT_FIELDS:
+        if field in expected:
+            assert getattr(parsed, field) == expected[field], field
+    for piece in expected.get("body_contains", []):
+        assert piece in parsed.body
+
+
+def test_corpus_with_bare_lf_everywhere_gives_the_same_fields():
+    """Mail readers accept bare LF; so does parse (except inside base64 data)."""
+    for name in ("alternative_prefers_html", "mixed_text_attachment_not_body", "forwarded_rfc822_only"):
+        raw = (CORPUS / f"{name}.eml").read_bytes()
+        assert parse(raw.replace(b"\r\n", b"\n")) == parse(raw)
+
+
+# --- hostile input -------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(BENCH.PATHOLOGICAL))
+def test_pathological_message_returns_quickly_and_sanely(name):
+    raw = BENCH.PATHOLOGICAL[name]()
+    started = time.process_time()
+    parsed = parse(raw)
+    # Loose on purpose: the benchmark measures speed; this only catches a stall.
+    assert time.process_time() - started < 0.5
+    assert_storable(parsed)
+    assert parsed.from_addr in ("ann@example.org", "")
+    assert parsed.subject in ("many", "deep", "parts", "parens") or parsed.subject == "x" * 255
+
+
+def test_parts_past_the_cap_still_give_the_first_body():
+    parsed = parse(BENCH.parts_10000())
+    assert (parsed.body, parsed.content_type) == ("part", "text/plain")
+
+
+def test_deep_nesting_within_the_cap_finds_the_body():
+    parsed = parse(BENCH.nested_300_deep().replace(b"n30\"", b"none\""))  # cut the chain at depth 30
+    assert parsed.subject == "deep"
+
+
+def test_huge_subject_is_cut_to_255():
+    assert parse(BENCH.header_line_600kb()).subject == "x" * 255
+
+
+def test_many_encoded_words_cost_little():
+    subject = b" ".join(b"=?x-charset-%d?q?w%d?=" % (n, n) for n in range(20_000))
+    started = time.process_time()
+    parsed = parse(b"Subject: " + subject + b"\r\n\r\nbody\r\n")
+    assert time.process_time() - started < 0.5
+    assert parsed.subject.startswith("w0w1w2")
+
+
+def test_bytes_like_input_is_accepted():
+    assert parse(bytearray(b"Subject: hi\r\n\r\nbody")).subject == "hi"
+    assert parse(memoryview(b"Subject: hi\r\n\r\nbody")).subject == "hi"
+
+
+def test_not_bytes_does_not_raise():
+    assert_storable(parse(None))  # type: ignore[arg-type]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2000))
+def test_any_bytes_give_storable_fields(raw):
+    assert_storable(parse(raw))
+
+
+_CORPUS_BYTES = [(CORPUS / f"{name}.eml").read_bytes() for name in sorted(EXPECTED)]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(_CORPUS_BYTES), st.lists(st.tuples(st.integers(0, 10**6), st.binary(max_size=8)),
+                                                max_size=6), st.integers(0, 10**6), st.sampled_from(["html", "plain"]))
+def test_mangled_real_messages_give_storable_fields(raw, edits, cut, prefer):
+    """Real structure with random damage reaches the deep paths random bytes never do."""
+    data = bytearray(raw)
+    for position, insert in edits:
+        position %= len(data) + 1
+        data[position:position + len(insert)] = insert
+    assert_storable(parse(bytes(data[:cut % (len(data) + 1)]), prefer))
+
+
+# --- the pieces ------------------------------------------------------------------
+
+@pytest.mark.parametrize("label, canonical", [
+    ("UTF-8", "utf-8"), ('"utf8"', "utf-8"), ("ks_c_5601-1987", "euc-kr"), ("iso-8859-8-i", "iso-8859-8-i"),
+    ("x-mac-cyrillic", "x-mac-cyrillic"), ("unicode-1-1-utf-7", "utf-7"), ("gb2312", "gbk"),
+    ("windows-874", "windows-874"), ("us-ascii (Plain text)", "us-ascii"), ("unknown-8bit", ""),
+    ("x-no-such", None), ("base64", None), ("zlib", None), ("rot13", None), ("latin10", "iso-8859-16"), ("cp1125", "cp1125"),
+    ("utf-8*en", "utf-8"), ("", ""), ("UHC", "euc-kr"), ("MAC-CYRILLIC", "x-mac-cyrillic"),
+])
+def test_charset_labels(label, canonical):
+    assert charsets.normalize(label) == canonical
+
+
+def test_every_table_label_names_a_working_codec():
+    for label, canonical in charsets._LABELS.items():
+        if canonical and canonical not in charsets.NOT_ASCII_COMPATIBLE:
+            text, _ = charsets.decode(b"abc \xe9\xa4 def", label)
+            assert "abc" in text, label
+
+
+def test_clean_removes_nul_and_lone_surrogates():
+    assert charsets.clean("a\x00b\ud800c😀") == "ab\ufffdc😀"
+
+
+@pytest.mark.parametrize("value, decoded", [
+    ("=?utf-8?q?a?= =?utf-8?q?b?=", "ab"),
+    ("=?utf-8?q?a?= x =?utf-8?q?b?=", "a x b"),
+    ("=?iso-8859-1?q?caf=E9?= =?utf-8?q?_caf=C3=A9?=", "café café"),
+    ("=?utf-8?b?w6k?=", "é"),  # missing padding
+    ("plain =?utf-8?q?unterminated", "plain =?utf-8?q?unterminated"),
+])
+def test_encoded_words(value, decoded):
+    assert headers.decode_words(value) == decoded
+
+
+@pytest.mark.parametrize("value, expected", [
+    ('; name="a \\"q\\" b"', {"name": 'a "q" b'}),
+    ("; filename*=iso-8859-1'fr'caf%E9.txt", {"filename": "café.txt"}),
+    ("; title*0*=us-ascii'en'This%20is; title*1*=%20fun; title*2=\" really\"", {"title": "This is fun really"}),
+    ("; CHARSET=UTF-8", {"charset": "UTF-8"}),
+])
+def test_rfc2231_parameters(value, expected):
+    assert headers.params(value) == expected
