@@ -1,0 +1,129 @@
+"""250 means stored: what clients see when MariaDB is down, slow, or refuses a row."""
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import pytest
+
+from conftest import MYSQL_HOST, MYSQL_PORT, MYSQL_USER, message
+from tcp_proxy import TcpProxy
+
+
+def try_send(server, subject: str) -> tuple[int, bytes]:
+    """One message; returns the reply to DATA (or to the first refused command)."""
+    with server.smtp() as client:
+        client.ehlo()
+        client.mail("a@example.org")
+        client.rcpt("b@test.org")
+        code, text = client.data(message(subject=subject))
+        return code, b"" if code == 250 else text
+
+
+def proxied_store(mysql_store, proxy: TcpProxy):
+    mysql_store.url = f"mysql://{MYSQL_USER}:@127.0.0.1:{proxy.port}/{mysql_store.database}"
+    return mysql_store
+
+
+def test_451_while_mysql_is_unreachable_then_mail_flows_again(mysql_store, gsmtpd_server):
+    proxy = TcpProxy((MYSQL_HOST, MYSQL_PORT))          # not started: the port is closed
+    server = gsmtpd_server(proxied_store(mysql_store, proxy), save_timeout=3)
+    server.wait_log(r"store unreachable at start")
+    assert try_send(server, "while down") == (451, b"4.3.0 Temporary storage failure, try again later")
+
+    proxy.start()
+    deadline = time.monotonic() + 15
+    while try_send(server, "after return")[0] != 250:
+        assert time.monotonic() < deadline, "mail not stored again within 15 s of MySQL returning"
+        time.sleep(0.2)
+    # The connection breaks under the server's feet: 451 (or stored after an immediate
+    # reconnect), never a 250 without a row.
+    proxy.stop()
+    code, _ = try_send(server, "cut off")
+    assert code == 451
+    proxy.start()
+    deadline = time.monotonic() + 15
+    while try_send(server, "back again")[0] != 250:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    subjects = [row["subject"] for row in mysql_store.rows()]
+    assert "while down" not in subjects and "cut off" not in subjects
+    assert subjects.count("after return") == 1 and subjects.count("back again") == 1
+    proxy.stop()
+
+
+def test_stalled_database_gets_451_after_the_save_timeout_and_recovers(mysql_store, gsmtpd_server):
+    server = gsmtpd_server(mysql_store, save_timeout=2)
+    assert try_send(server, "before")[0] == 250
+    locker = mysql_store.connect()
+    with locker.cursor() as cur:
+        cur.execute("LOCK TABLES new_mail WRITE")
+    started = time.monotonic()
+    assert try_send(server, "stalled")[0] == 451
+    waited = time.monotonic() - started
+    assert 1.5 < waited < 6.0, f"451 after {waited:.1f}s, save timeout is 2s"
+    with locker.cursor() as cur:
+        cur.execute("UNLOCK TABLES")
+    locker.close()
+    deadline = time.monotonic() + 15
+    while try_send(server, "after")[0] != 250:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    subjects = [row["subject"] for row in mysql_store.rows()]
+    assert subjects[0] == "before" and "after" in subjects
+    assert "stalled" not in subjects, "a message answered 451 must not be stored"
+
+
+def test_row_bigger_than_max_allowed_packet_is_refused_alone(mysql_store, gsmtpd_server):
+    conn = mysql_store.connect()
+    with conn.cursor() as cur:
+        cur.execute("SELECT @@max_allowed_packet")
+        packet = cur.fetchone()[0]
+    conn.close()
+    if packet > 64 << 20:
+        pytest.skip(f"max_allowed_packet is {packet}: too big to exceed cheaply")
+    server = gsmtpd_server(mysql_store, max_size=packet + (2 << 20))
+    big = message(subject="huge", body=("B" * 998 + "\r\n") * ((packet + (1 << 20)) // 1000))
+    results: dict[str, tuple] = {}
+
+    def send_big():
+        with server.smtp() as client:
+            client.ehlo()
+            client.mail("a@example.org")
+            client.rcpt("b@test.org")
+            results["big"] = client.data(big)
+
+    thread = threading.Thread(target=send_big)
+    thread.start()
+    small = [try_send(server, f"small {i}") for i in range(5)]
+    thread.join(120)
+    assert results["big"] == (552, b"5.3.4 Message too big for storage")
+    assert small == [(250, b"")] * 5
+    assert sorted(r["subject"] for r in mysql_store.rows()) == [f"small {i}" for i in range(5)]
+
+
+def test_concurrent_messages_share_commits(mysql_store, gsmtpd_server):
+    server = gsmtpd_server(mysql_store, log_level="debug")
+    replies = []
+
+    def sender(n):
+        replies.append(try_send(server, f"c{n}"))
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert replies == [(250, b"")] * 40
+    assert mysql_store.count() == 40
+    batch_sizes = [int(n) for n in re.findall(r"committed (\d+) messages", server.log())]
+    assert sum(batch_sizes) == 40
+    assert max(batch_sizes) > 1, "concurrent messages should be group-committed"
+
+
+def test_wrong_credentials_stop_the_start_with_a_clear_message(mysql_store, gsmtpd_server, tmp_path):
+    mysql_store.url = f"mysql://nobody_here:wrong@{MYSQL_HOST}:{MYSQL_PORT}/{mysql_store.database}"
+    with pytest.raises(RuntimeError, match=r"exited with 1") as failure:
+        gsmtpd_server(mysql_store)
+    assert "MySQL refused us" in str(failure.value) and "Access denied" in str(failure.value)
