@@ -76,6 +76,13 @@ def qp_latin1() -> bytes:
             b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + body + CRLF)
 
 
+def undeclared_koi8r() -> bytes:
+    """No charset parameter and 8-bit bytes: the one case that pays for cchardet."""
+    text = "Съешь же ещё этих мягких французских булок, да выпей чаю. " * 60
+    return (HEADER + b"Subject: report\r\nContent-Type: text/plain\r\n\r\n"
+            + _lines(text)[:3800].encode("koi8_r") + CRLF)
+
+
 # --- hostile shapes (the issue's list) -------------------------------------
 
 def to_50000_addresses() -> bytes:
@@ -109,6 +116,7 @@ TYPICAL = {
     "plain UTF-8 4 KB": plain_utf8,
     "multipart/alternative base64 4 KB": alternative_base64,
     "quoted-printable latin-1": qp_latin1,
+    "no charset, KOI8-R 4 KB (cchardet)": undeclared_koi8r,
 }
 PATHOLOGICAL = {
     "To: with 50,000 addresses": to_50000_addresses,

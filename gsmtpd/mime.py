@@ -29,7 +29,7 @@ from gsmtpd import charsets, headers
 MAX_DEPTH = 32          # nested multiparts / message/rfc822
 MAX_PARTS = 128         # entities of all kinds in one message
 MAX_BOUNDARY_SCANS = 1024  # boundary candidates examined (matches or not)
-MAX_HEADER = 4 * 1024 * 1024  # header bytes searched per entity (~1 ms per MB)
+MAX_HEADER = 2 * 1024 * 1024  # header bytes searched for fields (~2 ms per MB)
 MAX_SUBJECT = 255
 MAX_MESSAGE_ID = 255
 BOUNDARY_GUESS_WINDOW = 8 * 1024
@@ -143,10 +143,13 @@ def _children(raw: bytes, entity: _Entity, budget: _Budget) -> list[_Entity]:
     return []
 
 
+_DASH_LINE = re.compile(rb"^--([^\r\n]{1,200}?)[ \t]*\r?$", re.M)
+
+
 def _guess_boundary(raw: bytes, entity: _Entity) -> str:
     """A multipart without a boundary parameter: take the first "--" line."""
     window_end = min(entity.body_end, entity.body_start + BOUNDARY_GUESS_WINDOW)
-    match = re.compile(rb"^--([^\r\n]{1,200}?)[ \t]*\r?$", re.M).search(raw, entity.body_start, window_end)
+    match = _DASH_LINE.search(raw, entity.body_start, window_end)
     return match.group(1).decode("latin-1") if match else ""
 
 
@@ -330,7 +333,12 @@ def _subject(value: bytes | None, hints: tuple) -> str:
     if value is None:
         return ""
     text = headers.decode_words(headers.text(value, hints), limit=MAX_SUBJECT)
+    # A subject is one line; CR/LF can only come from encoded words (=0D=0A).
+    text = _LINE_BREAKS.sub(" ", text)
     return _cut(charsets.clean(text.strip()), MAX_SUBJECT)
+
+
+_LINE_BREAKS = re.compile(r"[\r\n]+")
 
 
 def _from_address(value: bytes | None, hints: tuple) -> str:
