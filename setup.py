@@ -16,7 +16,7 @@ setup(
         "cchardet>=2.1.7",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6"],
+        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6"],
     },
     entry_points={"console_scripts": ["gsmtpd = gsmtpd.cli:main"]},
 )
