@@ -155,6 +155,11 @@ def b64decode_lenient(data: bytes, strict: bool = False) -> bytes | None:
     strict=True is for encoded words: junk or inner padding makes the word
     malformed (None), so it is shown as written.
     """
+    if not strict and b"=" not in data.rstrip(b"= \t\r\n"):
+        try:  # the common case: binascii already skips line breaks
+            return binascii.a2b_base64(data)
+        except binascii.Error:
+            pass  # missing padding
     clean = data.translate(None, _NOT_BASE64)
     if strict and len(clean) != len(data):
         return None

@@ -104,7 +104,7 @@ class _Budget:
 
 
 def _walk(raw: bytes) -> tuple[_Entity, list[_Entity]]:
-    """Every entity in document order, iteratively (no recursion limit to hit)."""
+    """The root and every entity under it, walked iteratively (no recursion limit to hit)."""
     budget = _Budget()
     root = _entity(raw, 0, len(raw), "text/plain", False, headers.MESSAGE_FIELDS)
     entities = [root]
