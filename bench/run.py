@@ -1,0 +1,709 @@
+#!/usr/bin/env python3
+"""Throughput benchmark of gsmtpd with MySQL against Postfix's smtp-sink, in the same run.
+
+Each workload is sent by Postfix's smtp-source, first to smtp-sink (which stores nothing:
+the ceiling of this machine and client), then to a freshly started gsmtpd writing to a
+fresh MariaDB database. After every gsmtpd run the rows in new_mail are counted and must
+equal the 250 replies the server logged. See bench/README.md.
+
+    python bench/run.py                    # everything, full size (a few minutes)
+    python bench/run.py --scale 0.1        # a quick run
+    python bench/run.py --only W1,IDLE --profile
+    python bench/run.py --gsmtpd-args "--batch-max 500" --server-arg=--workers=2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from urllib.parse import unquote, urlsplit
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from procstat import TreeWatch, cpu_seconds, find_pids  # noqa: E402
+from smtpclient import LatencyProbe, make_message, open_idle, send_one  # noqa: E402
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH_DIR)
+HOST = "127.0.0.1"
+KiB, MiB = 1024, 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    messages: int
+    size: int           # smtp-source -l: body bytes, headers not included
+    sessions: int
+    per_connection: int
+    target: float       # gsmtpd rate / smtp-sink rate, from the issue
+    what: str
+
+
+WORKLOADS = {
+    w.name: w for w in (
+        Workload("W1", 20_000, 4 * KiB, 50, 1, 0.55, "4 KB, 50 sessions, a new connection per message"),
+        Workload("W2", 20_000, 4 * KiB, 50, 100, 0.30, "4 KB, 50 sessions, ~100 messages per connection"),
+        Workload("W3", 20_000, 4 * KiB, 500, 1, 0.65, "4 KB, 500 sessions, a new connection per message"),
+        Workload("W4", 300, 1 * MiB, 10, 1, 0.55, "1 MiB, 10 sessions, a new connection per message"),
+    )
+}
+RSS_LIMIT_MB = 100          # per worker, at W3 and W4 (the issue)
+EXTRAS = ("IDLE",)          # selectable with --only besides the workloads
+
+
+# --- the database
+
+
+class Database:
+    """A database of its own for this run: gsmtpd_bench_<random>, dropped at the end."""
+
+    def __init__(self, base_url: str):
+        import pymysql  # gsmtpd's own dependency
+        parts = urlsplit(base_url)
+        self.pymysql = pymysql
+        self.params = dict(host=parts.hostname or HOST, port=parts.port or 3306,
+                           user=unquote(parts.username or "root"), password=unquote(parts.password or ""))
+        self.name = "gsmtpd_bench_" + os.urandom(4).hex()
+        self.created = False
+
+    @property
+    def url(self) -> str:
+        p = self.params
+        return f"mysql://{p['user']}:{p['password']}@{p['host']}:{p['port']}/{self.name}"
+
+    def _query(self, sql: str, database: str | None = None):
+        conn = self.pymysql.connect(database=database, autocommit=True, connect_timeout=10, **self.params)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+                return cur.fetchall()
+        finally:
+            conn.close()
+
+    def create(self) -> None:
+        self._query(f"CREATE DATABASE `{self.name}`")
+        self.created = True
+
+    def drop(self) -> None:
+        if self.created:
+            self._query(f"DROP DATABASE IF EXISTS `{self.name}`")
+            self.created = False
+
+    def _has_table(self) -> bool:
+        return bool(self._query(f"SHOW TABLES FROM `{self.name}` LIKE 'new_mail'"))
+
+    def rows(self) -> int:
+        if not self._has_table():
+            return 0
+        return int(self._query("SELECT COUNT(*) FROM new_mail", self.name)[0][0])
+
+    def truncate(self) -> None:
+        if self._has_table():
+            self._query("TRUNCATE TABLE new_mail", self.name)
+
+    def status(self) -> dict[str, int]:
+        """Server-wide counters (shared with anything else using this MariaDB)."""
+        rows = self._query("SHOW GLOBAL STATUS WHERE Variable_name IN ('Com_commit', 'Innodb_data_fsyncs')")
+        return {name: int(value) for name, value in rows}
+
+    def variables(self) -> dict:
+        names = ("version", "innodb_flush_log_at_trx_commit", "innodb_buffer_pool_size",
+                 "max_allowed_packet", "log_bin", "sync_binlog")
+        rows = self._query("SHOW VARIABLES WHERE Variable_name IN (%s)" % ",".join(f"'{n}'" for n in names))
+        return dict(rows)
+
+
+# --- the servers
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (for smtp-sink, which cannot bind port 0 and tell)."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_greeting(port: int, deadline: float) -> None:
+    while True:
+        try:
+            with socket.create_connection((HOST, port), timeout=2) as sock:
+                if sock.recv(512).startswith(b"220"):
+                    sock.sendall(b"QUIT\r\n")
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing answers on port {port}")
+        time.sleep(0.05)
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 20.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+class Sink:
+    """Postfix smtp-sink: accepts and discards, the reference rate."""
+
+    def __init__(self, workdir: str, concurrency: int):
+        self.port = free_port()
+        self.stderr = open(os.path.join(workdir, f"smtp-sink-{self.port}.err"), "wb")
+        self.proc = subprocess.Popen(
+            ["smtp-sink", "-u", "nobody", "-m", str(concurrency), f"{HOST}:{self.port}", "4096"],
+            stdout=subprocess.DEVNULL, stderr=self.stderr)
+        try:
+            wait_for_greeting(self.port, time.monotonic() + 10)
+        except RuntimeError:
+            self.stop()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        stop_process(self.proc, 5)
+        self.stderr.close()
+
+
+LISTENING = re.compile(r"listening on \S+ port (\d+)")
+
+
+class Gsmtpd:
+    """``python -m gsmtpd`` from this repository, on port 0, logging to a file of its own."""
+
+    started = 0
+
+    def __init__(self, workdir: str, tag: str, store_url: str, extra_args: list[str]):
+        # A log of its own per start: gsmtpd appends, and an old "listening on" would mislead.
+        Gsmtpd.started += 1
+        self.logfile = os.path.join(workdir, f"gsmtpd-{Gsmtpd.started:02d}-{tag}.log")
+        self.stderr_path = os.path.join(workdir, f"gsmtpd-{Gsmtpd.started:02d}-{tag}.err")
+        self.argv = [sys.executable, "-m", "gsmtpd", "--listen", HOST, "--port", "0",
+                     "--store", store_url, "--hostname", "mx.test", "--allowed-hosts", "*",
+                     "--logfile", self.logfile, *extra_args]
+        self.stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(self.argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=self.stderr)
+        try:
+            self.port = self._wait_listening(time.monotonic() + 30)
+            wait_for_greeting(self.port, time.monotonic() + 10)
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def _wait_listening(self, deadline: float) -> int:
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gsmtpd exited with status {self.proc.returncode}: {self.tail()}")
+            try:
+                with open(self.logfile, errors="replace") as fh:
+                    found = LISTENING.search(fh.read())
+            except FileNotFoundError:
+                found = None
+            if found:
+                return int(found.group(1))
+            time.sleep(0.05)
+        raise RuntimeError(f"gsmtpd did not log 'listening on' within 30 s: {self.tail()}")
+
+    def tail(self) -> str:
+        self.stderr.flush()
+        with open(self.stderr_path, errors="replace") as fh:
+            return fh.read()[-2000:]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> int | None:
+        stop_process(self.proc)
+        self.stderr.close()
+        return self.proc.returncode
+
+    def log_counts(self) -> dict:
+        """What the server logged: replies to DATA by class, connections, problems."""
+        replies: Counter = Counter()
+        connects = refused = 0
+        problems: list[str] = []
+        reply = re.compile(r" reply=(\d)")
+        with open(self.logfile, errors="replace") as fh:
+            for line in fh:
+                if " message id=" in line:
+                    found = reply.search(line)
+                    replies[found.group(1) if found else "?"] += 1
+                elif " connect ip=" in line:
+                    connects += 1
+                elif " refused ip=" in line:
+                    refused += 1
+                if (" ERROR " in line or " WARNING " in line or " CRITICAL " in line) and len(problems) < 5:
+                    problems.append(line.strip()[:300])
+        return {"acked": replies["2"], "4xx": replies["4"], "5xx": replies["5"],
+                "connections": connects, "refused": refused, "log_problems": problems}
+
+
+# --- the load
+
+
+def source_argv(port: int, size: int, sessions: int, messages: int, keep_connection: bool) -> list[str]:
+    # -A: carry on after a 4xx/5xx (those are counted from the server log, not hidden
+    # by smtp-source dying at the first one). -d: several messages per connection.
+    argv = ["smtp-source", "-A", "-s", str(sessions), "-m", str(messages), "-l", str(size),
+            "-M", "client.test", "-f", "sender@client.test", "-t", "rcpt@mx.test"]
+    if keep_connection:
+        argv.append("-d")
+    return argv + [f"{HOST}:{port}"]
+
+
+def run_load(port: int, wl: Workload, messages: int, timeout: float) -> dict:
+    """Send ``messages`` as workload ``wl`` describes; returns wall time and smtp-source's exits.
+
+    One connection per message is one smtp-source. For N messages per connection, each of
+    the ``sessions`` lanes runs ``smtp-source -s 1 -m N -d`` again and again (smtp-source -d
+    alone keeps every session on one connection to the end).
+    """
+    deadline = time.monotonic() + timeout
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def run(argv: list[str]) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            with lock:
+                failures.append("not started: time limit")
+            return
+        try:
+            done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=left)
+        except subprocess.TimeoutExpired:
+            with lock:
+                failures.append(f"smtp-source killed after the {timeout:.0f} s limit")
+            return
+        if done.returncode != 0 or done.stderr:
+            with lock:
+                failures.append(f"exit {done.returncode}: {done.stderr.decode(errors='replace')[-300:].strip()}")
+
+    started = time.monotonic()
+    if wl.per_connection <= 1:
+        run(source_argv(port, wl.size, min(wl.sessions, messages), messages, False))
+    else:
+        lanes = min(wl.sessions, messages)
+
+        def lane(quota: int) -> None:
+            while quota > 0:
+                chunk = min(wl.per_connection, quota)
+                run(source_argv(port, wl.size, 1, chunk, True))
+                quota -= chunk
+
+        threads = [threading.Thread(target=lane, args=(messages // lanes + (i < messages % lanes),))
+                   for i in range(lanes)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return {"wall_s": time.monotonic() - started, "source_failures": failures}
+
+
+def scaled(wl: Workload, scale: float) -> int:
+    return max(wl.sessions if wl.per_connection == 1 else 1, round(wl.messages * scale), 10)
+
+
+# --- the phases
+
+
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from the first line of /proc/stat."""
+    with open("/proc/stat") as fh:
+        values = [int(v) for v in fh.readline().split()[1:]]
+    idle = values[3] + values[4]          # idle + iowait
+    total = sum(values[:8])               # guest time is already in user
+    return total - idle, total
+
+
+def busy_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Share of the whole machine (every core) that was busy, in percent."""
+    return 100.0 * (after[0] - before[0]) / max(1, after[1] - before[1])
+
+
+def mysqld_cpu() -> float:
+    return sum(cpu_seconds(pid) or 0.0 for pid in find_pids("mariadbd", "mysqld"))
+
+
+def phase_sink(wl: Workload, messages: int, args, workdir: str, probe: bool) -> dict:
+    sink = Sink(workdir, max(1024, wl.sessions + 64))
+    try:
+        watch = TreeWatch(sink.pid).start()
+        watch.mark()
+        latency = LatencyProbe(HOST, sink.port).start() if probe else None
+        machine = machine_cpu()
+        load = run_load(sink.port, wl, messages, args.load_timeout)
+        machine = busy_pct(machine, machine_cpu())
+        ended = time.monotonic()
+        if latency:
+            latency.stop()
+        watch.stop()
+    finally:
+        sink.stop()
+    cpu = watch.cpu_since_mark()
+    return {
+        "messages": messages, **load, "msgs_per_s": messages / load["wall_s"],
+        "cpu_ms_per_msg": cpu * 1000 / messages, "peak_rss_mb": watch.peak_rss_kb() / 1024,
+        "machine_busy_pct": machine,
+        "latency": latency.summary(until=ended) if latency else None,
+    }
+
+
+def phase_gsmtpd(wl: Workload, messages: int, args, workdir: str, db: Database, probe: bool,
+                 profile_to: str | None = None) -> dict:
+    db.truncate()
+    tag = wl.name + ("-profile" if profile_to else "")
+    server = Gsmtpd(workdir, tag, db.url, args.extra)
+    spy = None
+    try:
+        watch = TreeWatch(server.pid).start()
+        watch.mark()
+        db_cpu = mysqld_cpu()
+        if profile_to:
+            spy = subprocess.Popen(["py-spy", "record", "--nonblocking", "--subprocesses", "--nolineno",
+                                    "--format", "raw", "--rate", "200", "-o", profile_to,
+                                    "--pid", str(server.pid)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            time.sleep(1.0)   # let it attach before the load starts
+        latency = LatencyProbe(HOST, server.port).start() if probe else None
+        db_status = db.status()
+        machine = machine_cpu()
+        load = run_load(server.port, wl, messages, args.load_timeout)
+        machine = busy_pct(machine, machine_cpu())
+        db_status = {k: v - db_status.get(k, 0) for k, v in db.status().items()}
+        ended = time.monotonic()
+        if latency:
+            latency.stop()
+        db_cpu = mysqld_cpu() - db_cpu
+        watch.stop()
+        if spy:
+            spy.send_signal(signal.SIGINT)
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+    finally:
+        status = server.stop()
+    logged = server.log_counts()
+    rows = db.rows()
+    probe_acked = latency.acked if latency else 0
+    source_acked = logged["acked"] - probe_acked
+    cpu = watch.cpu_since_mark()
+    result = {
+        "messages": messages, **load, **logged, "rows": rows,
+        "lost": max(0, logged["acked"] - rows),              # 250 said, no row: must be 0
+        "rows_not_acked": max(0, rows - logged["acked"]),    # stored, but no 250 logged
+        "not_acked": messages - source_acked,                # 4xx/5xx/errors: the client retries
+        "probe_acked": probe_acked,
+        "msgs_per_s": source_acked / load["wall_s"],
+        "cpu_ms_per_msg": cpu * 1000 / max(1, logged["acked"]),
+        "db_cpu_ms_per_msg": db_cpu * 1000 / max(1, logged["acked"]),
+        "peak_rss_mb": watch.peak_rss_kb() / 1024, "processes": watch.processes(),
+        "machine_busy_pct": machine, "db_commits": db_status.get("Com_commit"),
+        "db_fsyncs": db_status.get("Innodb_data_fsyncs"),
+        "msgs_per_commit": logged["acked"] / db_status["Com_commit"] if db_status.get("Com_commit") else None,
+        "exit_status": status,
+        "latency": latency.summary(until=ended) if latency else None,
+        "logfile": server.logfile,
+    }
+    if spy:
+        result["profile"] = summarize_profile(profile_to, spy)
+    return result
+
+
+def phase_idle(count: int, args, workdir: str, db: Database) -> dict:
+    extra = ["--max-clients", str(count + 100), "--timeout", "300", *args.extra]
+    server = Gsmtpd(workdir, "IDLE", db.url, extra)
+    socks: list[socket.socket] = []
+    try:
+        watch = TreeWatch(server.pid).start()
+        time.sleep(0.5)
+        before = watch.rss_now_kb()
+        started = time.monotonic()
+        socks, problems = open_idle(HOST, server.port, count, started + args.load_timeout)
+        opened_s = time.monotonic() - started
+        time.sleep(1.0)
+        after = watch.rss_now_kb()
+        # Is the server still quick for a new client while all those sit there?
+        message = make_message(4 * KiB)
+        samples = []
+        for _ in range(20):
+            try:
+                samples.append(send_one(HOST, server.port, message, timeout=30)[0])
+            except OSError as exc:
+                problems.append(f"message while idle: {exc}")
+                break
+        cpu_s = watch.cpu_since_mark()
+        watch.stop()
+    finally:
+        for sock in socks:
+            sock.close()
+        server.stop()
+    opened = len(socks)
+    return {
+        "connections": opened, "wanted": count, "open_s": opened_s, "problems": problems[:5],
+        "rss_before_mb": before / 1024, "rss_after_mb": after / 1024,
+        "kb_per_connection": (after - before) / opened if opened else None,
+        "peak_rss_mb": watch.peak_rss_kb() / 1024, "server_cpu_s": cpu_s,
+        "message_ms_while_idle": round(statistics.median(samples) * 1000, 2) if samples else None,
+    }
+
+
+def summarize_profile(path: str, spy: subprocess.Popen, top: int = 15) -> dict:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
+    own: Counter = Counter()
+    inclusive: Counter = Counter()
+    total = 0
+    try:
+        with open(path, errors="replace") as fh:
+            for line in fh:
+                stack, _, count = line.rstrip("\n").rpartition(" ")
+                if not stack or not count.isdigit():
+                    continue
+                # --subprocesses puts a "process PID:cmdline" frame first: not a function.
+                frames = [f for f in stack.split(";") if not f.startswith("process ")]
+                if not frames:
+                    frames = ["(no Python frame)"]
+                n = int(count)
+                total += n
+                own[frames[-1]] += n
+                for frame in set(frames):
+                    inclusive[frame] += n
+    except FileNotFoundError:
+        return {"error": "py-spy wrote nothing: " + spy.stderr.read().decode(errors="replace")[-500:]}
+
+    def share(counter: Counter) -> list[tuple[str, float]]:
+        return [(frame, round(100 * n / total, 1)) for frame, n in counter.most_common(top)]
+    return {"file": path, "samples": total, "self_pct": share(own), "inclusive_pct": share(inclusive)}
+
+
+# --- the report
+
+
+def fmt(value, spec: str = ".0f", none: str = "-") -> str:
+    return none if value is None else format(value, spec)
+
+
+def report(results: dict) -> str:
+    lines = []
+    head = (f"{'':4} {'msgs':>6} {'sink/s':>8} {'gsmtpd/s':>8} {'ratio':>6} {'target':>6} {'ok':>3} "
+            f"{'acked':>6} {'rows':>6} {'lost':>4} {'!ack':>5} {'conns':>6} {'cpu ms/msg':>10} "
+            f"{'db ms/msg':>9} {'RSS MB':>7} {'msg/commit':>10} {'busy%':>9} {'sink ms/msg':>11}")
+    lines += [head, "-" * len(head)]
+    for name, wl in WORKLOADS.items():
+        r = results["workloads"].get(name)
+        if not r:
+            continue
+        sink, g = r["sink"], r["gsmtpd"]
+        ok = "yes" if r["ratio"] >= wl.target and r["lost_total"] == 0 else "NO"
+        lines.append(
+            f"{name:4} {g['messages']:>6} {sink['msgs_per_s']:>8.0f} {g['msgs_per_s']:>8.0f} "
+            f"{r['ratio']:>6.2f} {wl.target:>6.2f} {ok:>3} {g['acked']:>6} {g['rows']:>6} {g['lost']:>4} "
+            f"{g['not_acked']:>5} {g['connections']:>6} {g['cpu_ms_per_msg']:>10.2f} "
+            f"{g['db_cpu_ms_per_msg']:>9.2f} {g['peak_rss_mb']:>7.1f} {fmt(g['msgs_per_commit'], '.1f'):>10} "
+            f"{sink['machine_busy_pct']:>4.0f}/{g['machine_busy_pct']:<4.0f} {sink['cpu_ms_per_msg']:>11.3f}")
+    for name, r in results["workloads"].items():
+        if len(r["ratios"]) > 1:
+            lines.append(f"  {name}: ratios of the {len(r['ratios'])} runs: "
+                         f"{', '.join(f'{x:.2f}' for x in r['ratios'])}; lost in all runs: {r['lost_total']}")
+        for side in ("sink", "gsmtpd"):
+            for failure in r[side]["source_failures"][:3]:
+                lines.append(f"  {name} {side}: smtp-source: {failure}")
+        for problem in r["gsmtpd"]["log_problems"][:3]:
+            lines.append(f"  {name} gsmtpd log: {problem}")
+        if name in ("W3", "W4") and r["gsmtpd"]["peak_rss_mb"] >= RSS_LIMIT_MB:
+            lines.append(f"  {name}: peak RSS {r['gsmtpd']['peak_rss_mb']:.0f} MB >= {RSS_LIMIT_MB} MB per worker")
+    w1 = results["workloads"].get("W1")
+    if w1 and w1["gsmtpd"]["latency"]:
+        lines.append("")
+        lines.append("final dot -> 250 under W1 load (a probe client beside smtp-source: at most 40 msgs/s, new connection each):")
+        for side in ("sink", "gsmtpd"):
+            lat = w1[side]["latency"]
+            lines.append(f"  {side:7} p50 {fmt(lat['p50_ms'], '.2f')} ms  p90 {fmt(lat['p90_ms'], '.2f')} ms  "
+                         f"p99 {fmt(lat['p99_ms'], '.2f')} ms  max {fmt(lat['max_ms'], '.2f')} ms  "
+                         f"({lat['samples']} samples, {lat['not_250']} not 250, {lat['errors']} errors)")
+    idle = results.get("idle")
+    if idle:
+        lines.append("")
+        lines.append(f"idle connections: {idle['connections']}/{idle['wanted']} open in {idle['open_s']:.1f} s; "
+                     f"RSS {idle['rss_before_mb']:.1f} -> {idle['rss_after_mb']:.1f} MB = "
+                     f"{fmt(idle['kb_per_connection'], '.1f')} KB per connection; a message meanwhile: "
+                     f"{fmt(idle['message_ms_while_idle'], '.2f')} ms (dot to 250)")
+        for problem in idle["problems"]:
+            lines.append(f"  idle: {problem}")
+    profile = (results.get("profile") or {}).get("profile")
+    if profile and "self_pct" in profile:
+        lines.append("")
+        lines.append(f"profile of gsmtpd under W1 ({profile['samples']} samples, {profile['file']}):")
+        lines.append("  self %:")
+        lines += [f"    {pct:5.1f}  {frame}" for frame, pct in profile["self_pct"][:12]]
+        lines.append("  inclusive %:")
+        lines += [f"    {pct:5.1f}  {frame}" for frame, pct in profile["inclusive_pct"][:12]]
+    elif profile:
+        lines.append(f"profile: {profile.get('error')}")
+    return "\n".join(lines)
+
+
+# --- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="multiply every workload's message count (0.1: a quick run)")
+    parser.add_argument("--only", default="",
+                        help="comma-separated subset of W1,W2,W3,W4,IDLE (default: all)")
+    parser.add_argument("--mysql", default="mysql://root:@127.0.0.1:3306",
+                        help="MariaDB/MySQL server; a database gsmtpd_bench_<random> is made and dropped")
+    parser.add_argument("--gsmtpd-args", default="", help="extra gsmtpd arguments, one shell-quoted string")
+    parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                        help="one extra gsmtpd argument (repeatable): --server-arg=--workers=2")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each workload (sink, then gsmtpd) this many times; the table shows the "
+                             "run with the median ratio")
+    parser.add_argument("--idle", type=int, default=5000, help="idle connections to open (IDLE)")
+    parser.add_argument("--no-latency", action="store_true", help="no latency probe during W1")
+    parser.add_argument("--profile", action="store_true",
+                        help="after W1, run W1 once more against gsmtpd under py-spy and show the top")
+    parser.add_argument("--load-timeout", type=float, default=240.0,
+                        help="seconds one load may take before smtp-source is killed")
+    parser.add_argument("--json", help="where to write the results (default: bench/results/bench-<time>.json)")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the server logs (in the temp dir)")
+    args = parser.parse_args(argv)
+    args.extra = shlex.split(args.gsmtpd_args) + args.server_arg
+    wanted = [w.strip().upper() for w in args.only.split(",") if w.strip()] or [*WORKLOADS, *EXTRAS]
+    unknown = [w for w in wanted if w not in WORKLOADS and w not in EXTRAS]
+    if unknown:
+        parser.error(f"--only: unknown {', '.join(unknown)}; choose from {', '.join([*WORKLOADS, *EXTRAS])}")
+    args.wanted = wanted
+    return args
+
+
+def preflight() -> list[str]:
+    problems = [f"{tool} not found on PATH (apt-get install postfix)" for tool in ("smtp-source", "smtp-sink")
+                if shutil.which(tool) is None]
+    try:
+        import pymysql  # noqa: F401
+    except ImportError:
+        problems.append("PyMySQL is missing (pip install -e .)")
+    return problems
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def git(*argv: str) -> str | None:
+    try:
+        return subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    problems = preflight()
+    if args.profile and shutil.which("py-spy") is None:
+        problems.append("--profile needs py-spy (pip install py-spy)")
+    if problems:
+        print("bench: cannot run:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 2
+    raise_fd_limit()
+    workdir = tempfile.mkdtemp(prefix="gsmtpd-bench-")
+    db = Database(args.mysql)
+    results: dict = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git("rev-parse", "--short", "HEAD"),
+        # The server runs from the work tree: say when it is not the commit.
+        "uncommitted": (git("status", "--porcelain", "--", "gsmtpd") or "").splitlines(), "scale": args.scale,
+        "gsmtpd_args": args.extra, "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
+        "workloads": {},
+    }
+    status = 0
+    try:
+        db.create()
+        results["database"] = {"name": db.name, **db.variables()}
+        for name in args.wanted:
+            wl = WORKLOADS.get(name)
+            if wl is None:
+                continue
+            messages = scaled(wl, args.scale)
+            probe = name == "W1" and not args.no_latency
+            print(f"{name}: {messages} messages, {wl.what} (load average {os.getloadavg()[0]:.2f})",
+                  flush=True)
+            runs = []
+            for _ in range(args.repeat):
+                sink = phase_sink(wl, messages, args, workdir, probe)
+                print(f"  smtp-sink  {sink['msgs_per_s']:8.0f} msgs/s in {sink['wall_s']:.1f} s", flush=True)
+                gsmtpd = phase_gsmtpd(wl, messages, args, workdir, db, probe)
+                ratio = gsmtpd["msgs_per_s"] / sink["msgs_per_s"]
+                print(f"  gsmtpd     {gsmtpd['msgs_per_s']:8.0f} msgs/s in {gsmtpd['wall_s']:.1f} s, "
+                      f"ratio {ratio:.2f} (target {wl.target}), acked {gsmtpd['acked']}, "
+                      f"rows {gsmtpd['rows']}, lost {gsmtpd['lost']}", flush=True)
+                runs.append({"ratio": ratio, "sink": sink, "gsmtpd": gsmtpd})
+                if gsmtpd["lost"] or gsmtpd["rows_not_acked"]:
+                    status = 1
+            # The run with the median ratio stands for the workload; every run is in the JSON.
+            median = sorted(runs, key=lambda run: run["ratio"])[(len(runs) - 1) // 2]
+            results["workloads"][name] = {**asdict(wl), **median, "lost_total": sum(r["gsmtpd"]["lost"] for r in runs),
+                                          "ratios": [round(r["ratio"], 3) for r in runs], "runs": runs}
+            if name == "W1" and args.profile:
+                os.makedirs(os.path.join(BENCH_DIR, "results"), exist_ok=True)
+                out = os.path.join(BENCH_DIR, "results", f"profile-W1-{time.strftime('%Y%m%d-%H%M%S')}.txt")
+                print("  W1 again under py-spy", flush=True)
+                results["profile"] = phase_gsmtpd(wl, messages, args, workdir, db, False, profile_to=out)
+        if "IDLE" in args.wanted:
+            print(f"IDLE: {args.idle} idle connections", flush=True)
+            results["idle"] = phase_idle(args.idle, args, workdir, db)
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        status = 130
+    except RuntimeError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        status = 1
+    finally:
+        try:
+            db.drop()
+        except Exception as exc:  # report, but do not hide the results
+            print(f"bench: could not drop database {db.name}: {exc}", file=sys.stderr)
+        if not args.keep_logs:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"logs kept in {workdir}")
+    results["loadavg_end"] = os.getloadavg()
+    print()
+    print(report(results))
+    path = args.json or os.path.join(BENCH_DIR, "results", f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(results, fh, indent=2, default=str)
+    print(f"\nresults: {path}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
