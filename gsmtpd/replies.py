@@ -73,6 +73,7 @@ START_DATA = Reply(b"354 End data with <CR><LF>.<CR><LF>\r\n")
 
 # --- 4xx: transient; the client keeps the message and tries again
 SHUTTING_DOWN = reply(421, "4.3.0", "Server shutting down, try again later")
+INTERNAL_ERROR = reply(421, "4.3.0", "Internal error, closing connection")
 TOO_BUSY = reply(421, "4.3.2", "Too many connections, try again later")
 TOO_MANY_ERRORS = reply(421, "4.7.0", "Too many errors, closing connection")
 COMMAND_TIMEOUT = reply(421, "4.4.2", "Timeout waiting for command, closing connection")

@@ -89,6 +89,11 @@ class Session:
             self._flush_quietly()
         except (ConnectionClosed, OSError):
             pass
+        except Exception:  # a bug of ours: this session ends with a 421, the others go on
+            log.exception("internal error in session ip=%s", self.ip)
+            self.wire.out.clear()
+            self.reply(R.INTERNAL_ERROR)
+            self._flush_quietly()
         finally:
             log.info("disconnect ip=%s messages=%d errors=%d seconds=%.2f",
                      self.ip, self.messages, self.errors, time.monotonic() - started)
@@ -133,7 +138,8 @@ class Session:
             self.reply(R.UNKNOWN_COMMAND)
             return
         verb, _, argument = text.partition(" ")
-        method = self.VERBS.get(verb.upper())
+        # Verbs are ASCII (RFC 5321 2.4); str.upper() would turn 'QUıT' into QUIT.
+        method = self.VERBS.get(verb.upper()) if verb.isascii() else None
         if method is None:
             self.reply(R.UNKNOWN_COMMAND)
             return
@@ -215,11 +221,12 @@ class Session:
             return R.BAD_PARAMETER   # RFC 1869 6: parameters need EHLO
         if key == "SIZE":
             # RFC 1870 6.1: refuse at once a message declared bigger than the limit.
-            if value is None or not value.isdigit():
+            # RFC 1870 section 3: size-value ::= 1*20DIGIT, ASCII digits only.
+            if value is None or not (value.isascii() and value.isdigit()):
                 return R.SYNTAX_ERROR
             return R.TOO_BIG if int(value) > self.config.max_size else None
         if key == "BODY":
-            if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+            if value is None or not value.isascii() or value.upper() not in ("7BIT", "8BITMIME"):
                 return R.SYNTAX_ERROR
             envelope.body_type = value.upper()
             return None
