@@ -7,6 +7,7 @@ RFC 6531 for UTF-8 addresses. Like Postfix (strict_rfc821_envelopes = no) we als
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -16,6 +17,8 @@ from . import replies as R
 MAX_PATH = 256
 # RFC 5321 4.5.3.1.2: a domain is at most 255 octets.
 MAX_DOMAIN = 255
+# RFC 1035 2.3.4: a label is at most 63 octets.
+MAX_LABEL = 63
 
 # RFC 5321 4.1.2 / RFC 5322 3.2.3: atext, and Dot-string = Atom *("." Atom).
 _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
@@ -29,8 +32,11 @@ _DOMAIN = re.compile(r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9])?\.)*"
                      r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9])?\.?\Z")
 _DOMAIN_UTF8 = re.compile(r"(?:[\w\u0080-\U0010ffff](?:[\w\u0080-\U0010ffff-]*[\w\u0080-\U0010ffff])?\.)*"
                           r"[\w\u0080-\U0010ffff](?:[\w\u0080-\U0010ffff-]*[\w\u0080-\U0010ffff])?\.?\Z")
-# RFC 5321 4.1.3: address literals, [1.2.3.4] and [IPv6:...].
-_ADDRESS_LITERAL = re.compile(r"\[(?:\d{1,3}(?:\.\d{1,3}){3}|IPv6:[0-9A-Fa-f:.]+)\]\Z", re.I)
+# RFC 5321 4.1.3: address literals, [1.2.3.4] and [IPv6:...]; the address itself is
+# checked by the ipaddress module (no [999.1.1.1], no [IPv6:::::]).
+_ADDRESS_LITERAL = re.compile(r"\[(?:(\d{1,3}(?:\.\d{1,3}){3})|IPv6:([0-9A-Fa-f:.]+))\]\Z", re.I)
+# RFC 5321 4.1.2: A-d-l = At-domain *( "," At-domain ), then ":"; a hop may be a literal.
+_ROUTE_HOP = re.compile(r"@(\[[^\]]*\]|[^,:\[\]]*)([,:])")
 # RFC 5321 4.1.2: Esmtp-param = esmtp-keyword ["=" esmtp-value]
 _PARAM = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+))?\Z")
 
@@ -48,11 +54,23 @@ def is_ascii(text: str) -> bool:
 
 
 def valid_domain(domain: str, utf8: bool = False) -> bool:
-    if not domain or len(domain.encode("utf-8", "surrogateescape")) > MAX_DOMAIN:
+    # surrogatepass: a lone surrogate (never in decoded UTF-8, but possible in a str) is
+    # simply not a valid domain, not a UnicodeEncodeError.
+    if not domain or len(domain.encode("utf-8", "surrogatepass")) > MAX_DOMAIN:
         return False
-    if _ADDRESS_LITERAL.match(domain):
-        return True
-    return bool((_DOMAIN_UTF8 if utf8 else _DOMAIN).match(domain))
+    literal = _ADDRESS_LITERAL.match(domain)
+    if literal:
+        return _valid_ip(literal.group(1) or literal.group(2), 4 if literal.group(1) else 6)
+    if not (_DOMAIN_UTF8 if utf8 else _DOMAIN).match(domain):
+        return False
+    return all(len(label.encode("utf-8", "surrogatepass")) <= MAX_LABEL for label in domain.split("."))
+
+
+def _valid_ip(text: str, version: int) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == version
+    except ValueError:
+        return False
 
 
 def parse_helo(argument: str) -> str | None:
@@ -89,14 +107,16 @@ def parse_path(argument: str, keyword: str, null_allowed: bool, utf8: bool = Fal
     if params is None:
         return syntax
     utf8 = utf8 or "SMTPUTF8" in params
-    if len(path) + 2 > MAX_PATH or not path.isprintable():
+    # The limit is in octets (RFC 6531 3.3 keeps it for UTF-8); printable text has no
+    # surrogates, so the encode cannot fail.
+    if not path.isprintable() or len(path.encode("utf-8")) + 2 > MAX_PATH:
         return bad
     if not path:
         return Path("", "", "", params) if null_allowed else bad
     # RFC 5321 4.1.2: an A-d-l source route ("@a,@b:") must be accepted and ignored (C.2).
     if path.startswith("@"):
-        route, colon, path = path.partition(":")
-        if not colon or not all(valid_domain(hop[1:]) for hop in route.split(",") if hop.startswith("@")):
+        path = _strip_route(path)
+        if path is None:
             return bad
     if not utf8 and not is_ascii(path):
         return R.UTF8_NEEDS_SMTPUTF8
@@ -109,6 +129,19 @@ def parse_path(argument: str, keyword: str, null_allowed: bool, utf8: bool = Fal
     if not _valid_local(local, utf8) or not valid_domain(domain, utf8):
         return bad
     return Path(path, local, domain, params)
+
+
+def _strip_route(path: str) -> str | None:
+    """The mailbox after a well-formed source route, or None. Every hop is "@" and a
+    valid domain; a hop may be an IPv6 literal, whose colons do not end the route."""
+    pos = 0
+    while True:
+        hop = _ROUTE_HOP.match(path, pos)
+        if not hop or not valid_domain(hop.group(1)):
+            return None
+        pos = hop.end()
+        if hop.group(2) == ":":
+            return path[pos:]
 
 
 def _closing_bracket(text: str) -> int:
