@@ -194,7 +194,7 @@ class Gsmtpd:
 
     started = 0
 
-    def __init__(self, workdir: str, tag: str, store_url: str, extra_args: list[str]):
+    def __init__(self, workdir: str, tag: str, store_url: str, extra_args: list[str], source: str = REPO):
         # A log of its own per start: gsmtpd appends, and an old "listening on" would mislead.
         Gsmtpd.started += 1
         self.logfile = os.path.join(workdir, f"gsmtpd-{Gsmtpd.started:02d}-{tag}.log")
@@ -203,13 +203,13 @@ class Gsmtpd:
                      "--store", store_url, "--hostname", "mx.test", "--allowed-hosts", "*",
                      "--logfile", self.logfile, *extra_args]
         self.stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(self.argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=self.stderr)
+        self.proc = subprocess.Popen(self.argv, cwd=source, stdout=subprocess.DEVNULL, stderr=self.stderr)
         try:
             self.port = self._wait_listening(time.monotonic() + 30)
             wait_for_greeting(self.port, time.monotonic() + 10)
-        except RuntimeError:
+        except RuntimeError as exc:
             self.stop()
-            raise
+            raise RuntimeError(f"gsmtpd: {exc}; its stderr ends: {self.tail()[-1200:]}") from None
 
     def _wait_listening(self, deadline: float) -> int:
         while time.monotonic() < deadline:
@@ -226,7 +226,8 @@ class Gsmtpd:
         raise RuntimeError(f"gsmtpd did not log 'listening on' within 30 s: {self.tail()}")
 
     def tail(self) -> str:
-        self.stderr.flush()
+        if not self.stderr.closed:
+            self.stderr.flush()
         with open(self.stderr_path, errors="replace") as fh:
             return fh.read()[-2000:]
 
@@ -374,7 +375,7 @@ def phase_gsmtpd(wl: Workload, messages: int, args, workdir: str, db: Database, 
                  profile_to: str | None = None) -> dict:
     db.truncate()
     tag = wl.name + ("-profile" if profile_to else "")
-    server = Gsmtpd(workdir, tag, db.url, args.extra)
+    server = Gsmtpd(workdir, tag, db.url, args.extra, args.source)
     spy = None
     try:
         watch = TreeWatch(server.pid).start()
@@ -434,7 +435,7 @@ def phase_gsmtpd(wl: Workload, messages: int, args, workdir: str, db: Database, 
 
 def phase_idle(count: int, args, workdir: str, db: Database) -> dict:
     extra = ["--max-clients", str(count + 100), "--timeout", "300", *args.extra]
-    server = Gsmtpd(workdir, "IDLE", db.url, extra)
+    server = Gsmtpd(workdir, "IDLE", db.url, extra, args.source)
     socks: list[socket.socket] = []
     try:
         watch = TreeWatch(server.pid).start()
@@ -589,6 +590,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="after W1, run W1 once more against gsmtpd under py-spy and show the top")
     parser.add_argument("--load-timeout", type=float, default=240.0,
                         help="seconds one load may take before smtp-source is killed")
+    parser.add_argument("--rev", help="benchmark gsmtpd/ as of this commit (git archive into a temp dir) "
+                                      "instead of the work tree, which others may be editing")
     parser.add_argument("--json", help="where to write the results (default: bench/results/bench-<time>.json)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the server logs (in the temp dir)")
     args = parser.parse_args(argv)
@@ -625,6 +628,17 @@ def git(*argv: str) -> str | None:
         return None
 
 
+def export_rev(rev: str, workdir: str) -> str:
+    """gsmtpd/ as committed in rev, unpacked under workdir; returns the directory to run in."""
+    target = os.path.join(workdir, "src")
+    os.makedirs(target)
+    archive = subprocess.run(["git", "archive", rev, "gsmtpd"], cwd=REPO, capture_output=True, timeout=60)
+    if archive.returncode != 0:
+        raise RuntimeError(f"git archive {rev}: {archive.stderr.decode(errors='replace').strip()}")
+    subprocess.run(["tar", "-x", "-C", target], input=archive.stdout, check=True, timeout=60)
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     problems = preflight()
@@ -644,7 +658,11 @@ def main(argv: list[str] | None = None) -> int:
         "workloads": {},
     }
     status = 0
+    args.source = REPO
     try:
+        if args.rev:
+            args.source = export_rev(args.rev, workdir)
+            results["rev"] = git("rev-parse", "--short", args.rev)
         db.create()
         results["database"] = {"name": db.name, **db.variables()}
         for name in args.wanted:
