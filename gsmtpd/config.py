@@ -110,6 +110,62 @@ def store_url(value: Any) -> str:
 
 
 @dataclass(frozen=True)
+class ListenerSpec:
+    host: str
+    port: int
+    tls: str = "none"              # none | starttls | implicit
+    proxy_protocol: bool = False   # expect a PROXY v1/v2 header from a trusted peer
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port} tls={self.tls}" + (" proxy_protocol" if self.proxy_protocol else "")
+
+
+def host_port(value: Any) -> tuple[str, int]:
+    """'0.0.0.0:25', '[::]:465', '127.0.0.1:0' -> (host, port)."""
+    text = as_str(value).strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT (IPv6 as [::1]:25), got {text!r}")
+    return host, port_number(port)
+
+
+LISTENER_KEYS = {"address", "tls", "proxy_protocol"}
+
+
+def listener_list(value: Any) -> list[ListenerSpec]:
+    """TOML ``[[listener]]`` tables: address = "0.0.0.0:25", tls = "starttls", proxy_protocol = true."""
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ValueError("expected [[listener]] tables")
+    specs = []
+    for number, table in enumerate(value, 1):
+        unknown = set(table) - LISTENER_KEYS
+        if unknown:
+            raise ValueError(f"listener {number}: unknown keys {', '.join(sorted(unknown))}")
+        if "address" not in table:
+            raise ValueError(f"listener {number}: address = \"HOST:PORT\" is required")
+        host, port = host_port(table["address"])
+        tls = one_of("none", "starttls", "implicit")(table.get("tls", "none"))
+        specs.append(ListenerSpec(host, port, tls, as_bool(table.get("proxy_protocol", False))))
+    return specs
+
+
+def network_list(value: Any) -> list[str]:
+    """Comma-separated CIDRs or addresses: '127.0.0.0/8,10.1.2.3,::1'."""
+    import ipaddress
+    networks = as_list(value)
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(f"not an IP network: {network!r}") from None
+    return networks
+
+
+@dataclass(frozen=True)
 class Setting:
     name: str                      # attribute name, TOML key, and GSMTPD_<NAME.upper()>
     parse: Callable[[Any], Any]
@@ -162,6 +218,36 @@ SETTINGS: list[Setting] = [
             "log to this file ('-l' alone: ./log.txt); default: stderr", ("-l",), metavar="FILE"),
     Setting("verbose", as_bool, False, "also log to the console, and log more", ("-v",)),
     Setting("log_level", one_of("debug", "info", "warning", "error"), "info", "log level"),
+    Setting("log_format", one_of("text", "json"), "text", "log line format: text, or json for log shippers"),
+    # --- processes (a master forks the workers; see arbiter.py)
+    Setting("workers", at_least(0, as_int), 0,
+            "worker processes; 0: one per CPU; 1: a single process without a master", metavar="N"),
+    Setting("user", as_str, "", "after binding the ports, switch to this user (e.g. nobody)", metavar="NAME"),
+    Setting("pid_file", as_str, "", "write the master's process id to this file", metavar="FILE"),
+    Setting("graceful_timeout", at_least(0, as_float), 30.0,
+            "on TERM, seconds open sessions get to finish before they are cut off", metavar="SECONDS"),
+    Setting("worker_timeout", at_least(1, as_float), 30.0,
+            "a worker whose event loop has not checked in for this long is killed and replaced",
+            metavar="SECONDS"),
+    Setting("metrics", as_str, "", "serve Prometheus metrics and /healthz on ADDR:PORT (off when empty)",
+            metavar="ADDR:PORT"),
+    # --- the front door (TLS, proxies, limits against abuse)
+    Setting("listeners", listener_list, None,
+            "[[listener]] tables (file only): address, tls = none|starttls|implicit, proxy_protocol; "
+            "when absent, one listener on --listen/--port", cli=False),
+    Setting("tls_cert", as_str, "", "PEM certificate chain; enables STARTTLS", metavar="FILE"),
+    Setting("tls_key", as_str, "", "PEM private key for --tls-cert", metavar="FILE"),
+    Setting("trusted_networks", network_list, [],
+            "networks allowed to send PROXY headers and XCLIENT (comma-separated CIDRs)", metavar="LIST"),
+    Setting("max_per_ip", at_least(1, as_int), 50,
+            "concurrent connections from one client address; beyond it 421 4.7.0", metavar="N"),
+    Setting("bare_lf", one_of("normalize", "reject"), "normalize",
+            "a bare LF in message content: store it as CRLF, or reject the message with 550 5.5.2"),
+    Setting("early_talkers", one_of("accept", "reject"), "accept",
+            "a client that talks before the greeting: answer it in order, or 554 5.5.0 and close"),
+    Setting("greet_pause", at_least(0, as_float), 1.0,
+            "with early_talkers = reject: seconds to wait before the greeting, watching for early talk",
+            metavar="SECONDS"),
 ]
 
 BY_NAME = {s.name: s for s in SETTINGS}
@@ -264,14 +350,35 @@ def load(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
 
     if not values.get("allowed_hosts"):
         values["allowed_hosts"] = [values.get("hostname") or "localhost"]
+    if not values.get("workers"):
+        values["workers"] = os.cpu_count() or 1
     problems.extend(_check_consistency(values))
     if problems:
         raise ConfigError(problems)
     return Config(values, config_file, args.check_config)
 
 
+def listeners(config: "Config") -> list[ListenerSpec]:
+    """The [[listener]] tables, or the one listener of --listen/--port."""
+    if config.listeners:
+        return list(config.listeners)
+    return [ListenerSpec(config.listen, config.port, "starttls" if config.tls_cert else "none")]
+
+
 def _check_consistency(values: dict[str, Any]) -> list[str]:
     problems = []
+    if bool(values.get("tls_cert")) != bool(values.get("tls_key")):
+        problems.append("tls_cert and tls_key go together")
+    for name in ("tls_cert", "tls_key"):
+        if values.get(name) and not os.access(values[name], os.R_OK):
+            problems.append(f"{name}: cannot read {values[name]!r}")
+    if not values.get("tls_cert") and any(spec.tls != "none" for spec in values.get("listeners") or []):
+        problems.append("a listener wants TLS but tls_cert/tls_key are not set")
+    if values.get("metrics"):
+        try:
+            host_port(values["metrics"])
+        except ValueError as exc:
+            problems.append(f"metrics: {exc}")
     for host in values.get("allowed_hosts") or []:
         if "*" in host.replace("*.", "", 1) and host != "*":
             problems.append(f"allowed_hosts: {host!r}: a wildcard may only lead, as in *.example.com")

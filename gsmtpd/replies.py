@@ -68,6 +68,8 @@ def queued(queue_id: str) -> Reply:
     return reply(250, "2.0.0", f"OK: queued as {queue_id}")
 
 
+READY_FOR_TLS = reply(220, "2.0.0", "Ready to start TLS")
+
 # --- 3xx
 START_DATA = Reply(b"354 End data with <CR><LF>.<CR><LF>\r\n")
 
@@ -76,6 +78,7 @@ SHUTTING_DOWN = reply(421, "4.3.0", "Server shutting down, try again later")
 INTERNAL_ERROR = reply(421, "4.3.0", "Internal error, closing connection")
 TOO_BUSY = reply(421, "4.3.2", "Too many connections, try again later")
 TOO_MANY_ERRORS = reply(421, "4.7.0", "Too many errors, closing connection")
+TOO_MANY_FROM_YOU = reply(421, "4.7.0", "Too many connections from your address, try again later")
 COMMAND_TIMEOUT = reply(421, "4.4.2", "Timeout waiting for command, closing connection")
 DATA_TIMEOUT = reply(421, "4.4.2", "Timeout during DATA, closing connection")
 # RFC 5321 4.5.3.1.10: too many recipients is a transient 452; the client sends the rest later.
@@ -100,6 +103,13 @@ NEED_HELO = reply(503, "5.5.1", "Send HELO or EHLO first")
 NEED_MAIL = reply(503, "5.5.1", "Need MAIL command first")
 NEED_RCPT = reply(503, "5.5.1", "Need RCPT command first")
 NESTED_MAIL = reply(503, "5.5.1", "Sender already given")
+TLS_ALREADY_ACTIVE = reply(503, "5.5.1", "TLS already active")
+XCLIENT_IN_TRANSACTION = reply(503, "5.5.1", "XCLIENT not allowed in a mail transaction")
+BAD_XCLIENT = reply(501, "5.5.4", "Bad XCLIENT attribute")
+# Postfix 3.9 smtpd_forbid_bare_newline = reject: "550 5.5.2 Error: bare <LF> received".
+BARE_LF = reply(550, "5.5.2", "Bare <LF> received; lines must end with <CR><LF>")
+# RFC 5321 3.1 / 4.3.1: the client must wait for the greeting (554 is the refusal reply).
+EARLY_TALKER = reply(554, "5.5.0", "Protocol error: talked before the greeting")
 RELAY_DENIED = reply(550, "5.7.1", "Relaying denied")
 # RFC 1870 section 6.1: 552 when the declared or actual size exceeds the fixed limit.
 TOO_BIG = reply(552, "5.3.4", "Message size exceeds fixed limit")

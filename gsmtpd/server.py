@@ -1,62 +1,143 @@
-"""Listeners and connection limits: an embeddable ``Server`` used by the CLI and the tests.
+"""Listeners and connection limits: an embeddable ``Server`` used by the CLI, the workers
+and the tests.
 
-A gevent ``StreamServer`` accepts; each connection runs a ``Session`` in its own greenlet.
-Past ``max_clients`` a new connection is told ``421 4.3.2`` and closed at once, never left
-hanging in the backlog.
+A gevent ``StreamServer`` per listener accepts; each connection runs a ``Session`` in its own
+greenlet. Past ``max_clients`` a new connection is told ``421 4.3.2`` and closed at once,
+never left hanging in the backlog; past ``max_per_ip`` from one address, ``421 4.7.0``.
+Sockets can be bound before the server is built (``bind``), so a master process binds port
+25 as root and its workers serve it after dropping privileges.
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
+import ssl
 import time
+from collections import Counter
 
 import gevent
 from gevent.server import StreamServer
 
 from . import replies as R
 from .address import AllowedHosts
-from .session import Session, ShuttingDown
+from .config import ListenerSpec, listeners
+from .session import Session, shutting_down
 from .store import Store
 
 log = logging.getLogger("gsmtpd.server")
 
+BACKLOG = 1024
+
+
+def bind(spec: ListenerSpec) -> socket.socket:
+    """A listening socket for one listener."""
+    family = socket.AF_INET6 if ":" in spec.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((spec.host, spec.port))
+        sock.listen(BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_all(config) -> list[tuple[ListenerSpec, socket.socket]]:
+    bound = []
+    try:
+        for spec in listeners(config):
+            bound.append((spec, bind(spec)))
+    except OSError:
+        for _, sock in bound:
+            sock.close()
+        raise
+    return bound
+
+
+def tls_context(config) -> ssl.SSLContext | None:
+    if not config.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    # Opportunistic TLS on port 25 (RFC 3207): any client certificate is welcome, none is asked.
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
 
 class Server:
-    def __init__(self, config, store: Store):
-        self.config = config
+    def __init__(self, config, store: Store, bound: list[tuple[ListenerSpec, socket.socket]] | None = None):
         self.store = store
-        self.allowed_hosts = AllowedHosts(config.allowed_hosts)
+        self.bound = bound
         self.listeners: list[StreamServer] = []
         self.sessions: set[Session] = set()
+        self.per_ip: Counter[str] = Counter()
         self.accepting = False
+        self.apply(config)
+
+    def apply(self, config) -> None:
+        """Take a (re)loaded configuration: limits, allowed hosts, TLS certificates. Open
+        sessions keep the settings they started with."""
+        self.config = config
+        self.allowed_hosts = AllowedHosts(config.allowed_hosts)
+        self.tls = tls_context(config)
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in config.trusted_networks]
 
     def start(self) -> None:
-        listener = StreamServer((self.config.listen, self.config.port), self.handle, backlog=1024)
-        listener.start()
-        self.listeners.append(listener)
+        if self.bound is None:
+            self.bound = bind_all(self.config)
+        for spec, sock in self.bound:
+            listener = StreamServer(sock, lambda s, a, spec=spec: self.handle(spec, s, a))
+            listener.start()
+            self.listeners.append(listener)
+            log.info("listening on %s port %d (%s)", *sock.getsockname()[:2], spec)
         self.accepting = True
-        for host, port in self.addresses:
-            log.info("listening on %s port %d", host, port)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
         return [listener.address[:2] for listener in self.listeners]
 
-    def handle(self, sock, address) -> None:
+    def is_trusted(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if address.version == 6 and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.trusted)
+
+    def handle(self, spec: ListenerSpec, sock, address) -> None:
         if not self.accepting or len(self.sessions) >= self.config.max_clients:
-            reply = R.TOO_BUSY if self.accepting else R.SHUTTING_DOWN
-            log.warning("refused ip=%s reply=%s", address[0], reply.text)
-            try:
-                sock.sendall(reply)
-            except OSError:
-                pass
+            self.refuse(sock, address[0], R.TOO_BUSY if self.accepting else R.SHUTTING_DOWN)
             return
-        session = Session(sock, address, self)
+        session = Session(sock, address, self, spec)
         session.greenlet = gevent.getcurrent()
         self.sessions.add(session)
         try:
             session.run()
         finally:
             self.sessions.discard(session)
+
+    def admit(self, ip: str) -> bool:
+        """Count a client address; False past max_per_ip. Paired with ``release``."""
+        if self.per_ip[ip] >= self.config.max_per_ip:
+            return False
+        self.per_ip[ip] += 1
+        return True
+
+    def release(self, ip: str) -> None:
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]
+
+    @staticmethod
+    def refuse(sock, ip: str, reply: R.Reply) -> None:
+        log.warning("refused ip=%s reply=%s", ip, reply.text)
+        try:
+            sock.sendall(reply)
+        except OSError:
+            pass
 
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful stop: no new connections; idle sessions get 421 4.3.0 now, busy ones
@@ -69,8 +150,10 @@ class Server:
         while self.sessions and time.monotonic() < deadline:
             for session in list(self.sessions):
                 if session.idle:
-                    session.greenlet.kill(ShuttingDown, block=False)
+                    session.greenlet.kill(shutting_down(), block=False)
             gevent.sleep(0.05)
+        for session in list(self.sessions):
+            session.greenlet.kill(block=False)
         for listener in self.listeners:
             listener.stop(timeout=0)
         self.listeners.clear()

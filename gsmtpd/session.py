@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import time
 
 import gevent
+from gevent.socket import wait_read
 
 from . import replies as R
 from .address import parse_helo, parse_path
+from .config import ListenerSpec
 from .envelope import Envelope, Recipient, build_rows, new_queue_id
 from .store import Verdict
+from .proxy import ProxyError, read_header
 from .wire import ConnectionClosed, LineTooLong, Wire
+from .xclient import parse_xclient
 
 log = logging.getLogger("gsmtpd.session")
 
@@ -31,25 +36,29 @@ VERDICT_REPLIES = {
 }
 
 
-class CloseSession(Exception):
-    """Send nothing more (the reply, if any, is already queued) and close."""
+class Hangup(Exception):
+    """End the session: send ``reply`` (if any) after what is already queued, then close."""
+
+    def __init__(self, reply: R.Reply | None = None, discard_queued: bool = False):
+        super().__init__(reply)
+        self.reply = reply
+        self.discard_queued = discard_queued
 
 
-class DataTimeout(Exception):
-    pass
-
-
-class ShuttingDown(Exception):
-    """Raised into an idle session by Server.stop(): 421 4.3.0 and close."""
+def shutting_down() -> Hangup:
+    """Raised into an idle session by Server.stop()."""
+    return Hangup(R.SHUTTING_DOWN, discard_queued=True)
 
 
 class Session:
-    def __init__(self, sock, address, server):
+    def __init__(self, sock, address, server, listener: ListenerSpec):
         self.wire = Wire(sock)
         self.sock = sock
-        self.ip = address[0] if isinstance(address, tuple) else str(address)
+        self.peer_ip = address[0] if isinstance(address, tuple) else str(address)
+        self.ip = self.peer_ip           # the real client: after PROXY/XCLIENT, theirs
         self.server = server
-        self.config = server.config
+        self.config = server.config      # a reload does not change a session under way
+        self.listener = listener
         self.helo: str | None = None
         self.esmtp = False
         self.is_tls = False
@@ -58,45 +67,86 @@ class Session:
         self.messages = 0
         self.closing = False
         self.reading_command = False
+        self.admitted = False
+        self.xclient_helo: str | None = None   # HELO name a trusted proxy gave in XCLIENT
 
     # --- the loop
 
     def run(self) -> None:
         started = time.monotonic()
-        log.info("connect ip=%s", self.ip)
         try:
             self.sock.settimeout(self.config.timeout)
+            self.open()
+            log.info("connect ip=%s%s", self.ip, " tls" if self.is_tls else "")
             self.reply(R.greeting(self.config.hostname))
             while not self.closing:
                 self.handle(self.next_command())
                 if self.errors >= self.config.max_errors:
-                    self.reply(R.TOO_MANY_ERRORS)
-                    break
+                    raise Hangup(R.TOO_MANY_ERRORS)
             self.wire.flush()
-        except CloseSession:
+        except Hangup as hangup:
+            if hangup.discard_queued:
+                self.wire.out.clear()
+            if hangup.reply is not None:
+                self.wire.send(hangup.reply)
             self._flush_quietly()
         except socket.timeout:
             self.wire.out.clear()
-            self.reply(R.COMMAND_TIMEOUT)
+            self.wire.send(R.COMMAND_TIMEOUT)
             self._flush_quietly()
-        except DataTimeout:
-            self.wire.out.clear()
-            self.reply(R.DATA_TIMEOUT)
-            self._flush_quietly()
-        except ShuttingDown:
-            self.wire.out.clear()
-            self.reply(R.SHUTTING_DOWN)
-            self._flush_quietly()
-        except (ConnectionClosed, OSError):
-            pass
+        except (ConnectionClosed, OSError, ProxyError) as exc:
+            if isinstance(exc, ProxyError):
+                log.warning("closed ip=%s: %s", self.peer_ip, exc)
         except Exception:  # a bug of ours: this session ends with a 421, the others go on
             log.exception("internal error in session ip=%s", self.ip)
             self.wire.out.clear()
-            self.reply(R.INTERNAL_ERROR)
+            self.wire.send(R.INTERNAL_ERROR)
             self._flush_quietly()
         finally:
+            if self.admitted:
+                self.server.release(self.ip)
             log.info("disconnect ip=%s messages=%d errors=%d seconds=%.2f",
                      self.ip, self.messages, self.errors, time.monotonic() - started)
+
+    def open(self) -> None:
+        """Everything before the greeting: PROXY header, per-address limit, implicit TLS,
+        early talkers."""
+        if self.listener.proxy_protocol:
+            if not self.server.is_trusted(self.peer_ip):
+                raise ProxyError(f"PROXY header expected from untrusted peer {self.peer_ip}")
+            with gevent.Timeout(self.config.timeout, Hangup()):
+                real = read_header(self.sock)
+            if real is not None:
+                self.ip = real[0]
+        if not self.server.admit(self.ip):
+            raise Hangup(R.TOO_MANY_FROM_YOU)
+        self.admitted = True
+        if self.listener.tls == "implicit":
+            self.start_tls()
+        if self.config.early_talkers == "reject" and self.talks_early():
+            raise Hangup(R.EARLY_TALKER, discard_queued=True)
+
+    def talks_early(self) -> bool:
+        """RFC 5321 4.3.1 has the client wait for the greeting; spam bots often do not
+        (Postfix postscreen's pregreet test)."""
+        if self.wire.buf:
+            return True
+        try:
+            wait_read(self.sock.fileno(), timeout=self.config.greet_pause)
+        except socket.timeout:
+            return False
+        return True
+
+    def start_tls(self) -> None:
+        """TLS handshake on this connection; a failed one closes only this connection."""
+        try:
+            with gevent.Timeout(self.config.timeout, Hangup()):
+                self.sock = self.server.tls.wrap_socket(self.sock, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            log.info("TLS handshake failed ip=%s: %s", self.ip, exc)
+            raise Hangup() from None
+        self.wire.sock = self.sock
+        self.is_tls = True
 
     def _flush_quietly(self) -> None:
         try:
@@ -111,10 +161,15 @@ class Session:
 
     def next_command(self) -> bytes | None:
         if not self.server.accepting:
-            raise ShuttingDown()
+            raise shutting_down()
         self.reading_command = True
         try:
-            return self.wire.read_line(MAX_COMMAND_LINE)
+            if self.wire.has_line():
+                return self.wire.read_line(MAX_COMMAND_LINE)
+            # A deadline for the whole line, not per read: a client dripping one byte at a
+            # time must not hold the connection forever.
+            with gevent.Timeout(self.config.timeout, Hangup(R.COMMAND_TIMEOUT, discard_queued=True)):
+                return self.wire.read_line(MAX_COMMAND_LINE)
         except LineTooLong:
             return None
         finally:
@@ -154,7 +209,7 @@ class Session:
         if name is None:
             self.reply(R.HELO_SYNTAX)
             return
-        self.helo, self.esmtp, self.envelope = name, False, None
+        self.helo, self.esmtp, self.envelope = self.xclient_helo or name, False, None
         self.reply(R.helo_ok(self.config.hostname, name))
 
     def smtp_EHLO(self, argument: str) -> None:
@@ -163,12 +218,56 @@ class Session:
             self.reply(R.EHLO_SYNTAX)
             return
         # RFC 5321 4.1.4: EHLO in the middle of a transaction resets it.
-        self.helo, self.esmtp, self.envelope = name, True, None
+        self.helo, self.esmtp, self.envelope = self.xclient_helo or name, True, None
         self.reply(R.ehlo_ok(self.config.hostname, name, self.extensions()))
 
     def extensions(self) -> list[str]:
-        return [f"SIZE {self.config.max_size}", "PIPELINING", "8BITMIME", "SMTPUTF8",
-                "ENHANCEDSTATUSCODES"]
+        extensions = [f"SIZE {self.config.max_size}", "PIPELINING", "8BITMIME", "SMTPUTF8",
+                      "ENHANCEDSTATUSCODES"]
+        if self.can_starttls():
+            extensions.append("STARTTLS")
+        if self.server.is_trusted(self.peer_ip):
+            extensions.append("XCLIENT NAME ADDR PORT PROTO HELO")
+        return extensions
+
+    def can_starttls(self) -> bool:
+        return self.listener.tls == "starttls" and not self.is_tls and self.server.tls is not None
+
+    def smtp_STARTTLS(self, argument: str) -> None:
+        if not self.can_starttls():
+            self.reply(R.UNKNOWN_COMMAND if not self.is_tls else R.TLS_ALREADY_ACTIVE)
+            return
+        if argument:
+            self.reply(R.NO_ARGUMENTS)
+            return
+        self.reply(R.READY_FOR_TLS)
+        self.wire.flush()
+        # RFC 3207 4.2 / CVE-2011-0411: what the client pipelined behind STARTTLS in
+        # plaintext is thrown away, never read as if it came over TLS.
+        self.wire.discard_input()
+        self.start_tls()
+        # RFC 3207 4.2: after the handshake the session starts again from before EHLO.
+        self.helo, self.esmtp, self.envelope = None, False, None
+
+    def smtp_XCLIENT(self, argument: str) -> None:
+        """Postfix's XCLIENT: a trusted proxy names the real client. From anyone else it is
+        an unknown command, as if we had never heard of it."""
+        if not self.server.is_trusted(self.peer_ip):
+            self.reply(R.UNKNOWN_COMMAND)
+            return
+        if self.envelope is not None:
+            self.reply(R.XCLIENT_IN_TRANSACTION)
+            return
+        attributes = parse_xclient(argument)
+        if isinstance(attributes, R.Reply):
+            self.reply(attributes)
+            return
+        if "ADDR" in attributes:
+            self.ip = attributes["ADDR"]
+        # Postfix XCLIENT_README: the session starts over with a new greeting.
+        self.xclient_helo = attributes.get("HELO")
+        self.helo, self.esmtp, self.envelope = None, False, None
+        self.reply(R.greeting(self.config.hostname))
 
     def smtp_RSET(self, argument: str) -> None:
         if argument:
@@ -274,16 +373,21 @@ class Session:
             return
         envelope, self.envelope = self.envelope, None
         self.reply(R.START_DATA)
+        # RFC 5321 4.5.3.2.5-6: a deadline for each read and one for the whole DATA phase.
+        data_timeout = Hangup(R.DATA_TIMEOUT, discard_queued=True)
         try:
-            with gevent.Timeout(self.config.data_timeout, DataTimeout):
-                message, size = self.wire.read_data(self.config.max_size)
+            with gevent.Timeout(self.config.data_timeout, data_timeout):
+                data = self.wire.read_data(self.config.max_size, self.config.bare_lf)
         except socket.timeout:
-            raise DataTimeout() from None
-        if message is None:
-            log.info("refused ip=%s from=<%s> size=%d reply=552 too big", self.ip, envelope.sender, size)
+            raise data_timeout from None
+        if data.message is None:
+            log.info("refused ip=%s from=<%s> size=%d reply=552 too big", self.ip, envelope.sender, data.size)
             self.reply(R.TOO_BIG)
-            return
-        self.reply(self.deliver(envelope, message))
+        elif data.bare_lf and self.config.bare_lf == "reject":
+            log.info("refused ip=%s from=<%s> size=%d reply=550 bare LF", self.ip, envelope.sender, data.size)
+            self.reply(R.BARE_LF)
+        else:
+            self.reply(self.deliver(envelope, data.message))
 
     def deliver(self, envelope: Envelope, message: bytes) -> R.Reply:
         queue_id = new_queue_id()

@@ -7,12 +7,20 @@ in order and in few packets.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 RECV_SIZE = 65536
 # RFC 5321 4.1.1.4: the end of mail data is <CRLF>.<CRLF>; with the CRLF that ends the
 # DATA command line counted as the first CRLF, a lone "." on the first line also ends it.
 END_OF_DATA = b"\r\n.\r\n"
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+@dataclass(slots=True)
+class Data:
+    message: bytes | None       # None: bigger than the limit, read and dropped
+    size: int
+    bare_lf: bool = False       # the client ended some line with a bare LF
 
 
 class ConnectionClosed(Exception):
@@ -93,15 +101,15 @@ class Wire:
                 self.buf += chunk[end + 1:]
                 return
 
-    def read_data(self, max_size: int, bare_lf: str = "normalize") -> tuple[bytes | None, int]:
+    def read_data(self, max_size: int, bare_lf: str = "normalize") -> Data:
         """Read the message up to <CRLF>.<CRLF> and undo dot-stuffing (RFC 5321 4.5.2).
 
-        Returns (message, size). The message is None when it grew past ``max_size``: the
+        Returns the message and its size; the message is None when it grew past ``max_size``: the
         rest is read and dropped so the session stays usable (RFC 1870 6.1: 552 after the
         end of data). Only <CRLF>.<CRLF> ends the message: <LF>.<LF>, <CR>.<CR> and the
         other variants used for SMTP smuggling are content. With ``bare_lf='normalize'``
         (Postfix 3.9 smtpd_forbid_bare_newline = normalize) a bare LF in the content is
-        stored as CRLF; with 'keep' it is stored as sent.
+        stored as CRLF; otherwise it is kept as sent and ``bare_lf`` says it was there.
         """
         data = bytearray(b"\r\n")
         data += self.buf
@@ -115,7 +123,7 @@ class Wire:
             if end >= 0:
                 self.buf += data[end + len(END_OF_DATA):]
                 if dropped:
-                    return None, dropped + end
+                    return Data(None, dropped + end)
                 del data[end + 2:]
                 return self._unstuff(data, bare_lf, max_size)
             if len(data) > keep_limit:
@@ -126,17 +134,14 @@ class Wire:
             data += self._recv()
 
     @staticmethod
-    def _unstuff(data: bytearray, bare_lf: str, max_size: int) -> tuple[bytes | None, int]:
+    def _unstuff(data: bytearray, bare_lf: str, max_size: int) -> Data:
         message = bytes(data)
-        if bare_lf == "normalize" and message.count(b"\n") != message.count(b"\r\n"):
+        has_bare_lf = message.count(b"\n") != message.count(b"\r\n")
+        if has_bare_lf and bare_lf == "normalize":
             message = _BARE_LF.sub(b"\r\n", message)
         if b"\r\n.." in message:
             message = message.replace(b"\r\n..", b"\r\n.")
         message = message[2:]
         if len(message) > max_size:
-            return None, len(message)
-        return message, len(message)
-
-    @staticmethod
-    def has_bare_lf(message: bytes) -> bool:
-        return message.count(b"\n") != message.count(b"\r\n")
+            return Data(None, len(message))
+        return Data(message, len(message), has_bare_lf)
