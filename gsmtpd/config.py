@@ -232,7 +232,7 @@ SETTINGS: list[Setting] = [
     Setting("metrics", as_str, "", "serve Prometheus metrics and /healthz on ADDR:PORT (off when empty)",
             metavar="ADDR:PORT"),
     # --- the front door (TLS, proxies, limits against abuse)
-    Setting("listeners", listener_list, None,
+    Setting("listener", listener_list, None,
             "[[listener]] tables (file only): address, tls = none|starttls|implicit, proxy_protocol; "
             "when absent, one listener on --listen/--port", cli=False),
     Setting("tls_cert", as_str, "", "PEM certificate chain; enables STARTTLS", metavar="FILE"),
@@ -360,8 +360,8 @@ def load(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
 
 def listeners(config: "Config") -> list[ListenerSpec]:
     """The [[listener]] tables, or the one listener of --listen/--port."""
-    if config.listeners:
-        return list(config.listeners)
+    if config.listener:
+        return list(config.listener)
     return [ListenerSpec(config.listen, config.port, "starttls" if config.tls_cert else "none")]
 
 
@@ -372,7 +372,7 @@ def _check_consistency(values: dict[str, Any]) -> list[str]:
     for name in ("tls_cert", "tls_key"):
         if values.get(name) and not os.access(values[name], os.R_OK):
             problems.append(f"{name}: cannot read {values[name]!r}")
-    if not values.get("tls_cert") and any(spec.tls != "none" for spec in values.get("listeners") or []):
+    if not values.get("tls_cert") and any(spec.tls != "none" for spec in values.get("listener") or []):
         problems.append("a listener wants TLS but tls_cert/tls_key are not set")
     if values.get("metrics"):
         try:
