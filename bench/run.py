@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from procstat import TreeWatch, cpu_seconds, find_pids  # noqa: E402
-from smtpclient import LatencyProbe, make_message, open_idle, send_one  # noqa: E402
+from smtpclient import LatencyProbe, SMTPFailure, make_message, open_idle, send_one  # noqa: E402
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
@@ -184,6 +184,21 @@ class Sink:
     def stop(self) -> None:
         stop_process(self.proc, 5)
         self.stderr.close()
+
+
+def server_flags(source: str) -> set[str]:
+    """The long options this gsmtpd knows, from its --help (older revisions lack some)."""
+    done = subprocess.run([sys.executable, "-m", "gsmtpd", "--help"], cwd=source, capture_output=True,
+                          text=True, timeout=60)
+    return set(re.findall(r"--[a-z][a-z0-9-]+", done.stdout))
+
+
+def limit_args(args, connections: int) -> list[str]:
+    """Raise the server's connection limits above what the bench opens: every bench
+    connection comes from 127.0.0.1, which a per-address limit would otherwise refuse."""
+    wanted = {"--max-clients": connections, "--max-per-ip": connections}
+    return [item for flag, value in wanted.items() if flag in args.server_flags
+            for item in (flag, str(value))]
 
 
 LISTENING = re.compile(r"listening on \S+ port (\d+)")
@@ -375,7 +390,8 @@ def phase_gsmtpd(wl: Workload, messages: int, args, workdir: str, db: Database, 
                  profile_to: str | None = None) -> dict:
     db.truncate()
     tag = wl.name + ("-profile" if profile_to else "")
-    server = Gsmtpd(workdir, tag, db.url, args.extra, args.source)
+    extra = [*limit_args(args, max(1000, wl.sessions * 2 + 100)), *args.extra]
+    server = Gsmtpd(workdir, tag, db.url, extra, args.source)
     spy = None
     try:
         watch = TreeWatch(server.pid).start()
@@ -434,7 +450,7 @@ def phase_gsmtpd(wl: Workload, messages: int, args, workdir: str, db: Database, 
 
 
 def phase_idle(count: int, args, workdir: str, db: Database) -> dict:
-    extra = ["--max-clients", str(count + 100), "--timeout", "300", *args.extra]
+    extra = [*limit_args(args, count + 100), "--timeout", "300", *args.extra]
     server = Gsmtpd(workdir, "IDLE", db.url, extra, args.source)
     socks: list[socket.socket] = []
     try:
@@ -452,7 +468,7 @@ def phase_idle(count: int, args, workdir: str, db: Database) -> dict:
         for _ in range(20):
             try:
                 samples.append(send_one(HOST, server.port, message, timeout=30)[0])
-            except OSError as exc:
+            except (OSError, SMTPFailure) as exc:
                 problems.append(f"message while idle: {exc}")
                 break
         cpu_s = watch.cpu_since_mark()
@@ -663,6 +679,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.rev:
             args.source = export_rev(args.rev, workdir)
             results["rev"] = git("rev-parse", "--short", args.rev)
+        args.server_flags = server_flags(args.source)
         db.create()
         results["database"] = {"name": db.name, **db.variables()}
         for name in args.wanted:
@@ -709,6 +726,10 @@ def main(argv: list[str] | None = None) -> int:
         status = 130
     except RuntimeError as exc:
         print(f"bench: {exc}", file=sys.stderr)
+        status = 1
+    except Exception:  # a bench bug: still print and save what was measured
+        import traceback
+        traceback.print_exc()
         status = 1
     finally:
         try:
