@@ -56,6 +56,13 @@ def bind_all(config) -> list[tuple[ListenerSpec, socket.socket]]:
     return bound
 
 
+def announce(bound: list[tuple[ListenerSpec, socket.socket]]) -> None:
+    """One "listening on HOST port N" line per listener, with the port really bound (port 0
+    picks one): operators and the tests read the port from it."""
+    for spec, sock in bound:
+        log.info("listening on %s port %d (%s)", *sock.getsockname()[:2], spec)
+
+
 def tls_context(config) -> ssl.SSLContext | None:
     if not config.tls_cert:
         return None
@@ -84,14 +91,17 @@ class Server:
         self.tls = tls_context(config)
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in config.trusted_networks]
 
-    def start(self) -> None:
+    def start(self, announce_listeners: bool = True) -> None:
+        """Serve; ``announce_listeners=False`` in a prefork worker, whose master says
+        "listening" once for all of them."""
         if self.bound is None:
             self.bound = bind_all(self.config)
         for spec, sock in self.bound:
             listener = StreamServer(sock, lambda s, a, spec=spec: self.handle(spec, s, a))
             listener.start()
             self.listeners.append(listener)
-            log.info("listening on %s port %d (%s)", *sock.getsockname()[:2], spec)
+        if announce_listeners:
+            announce(self.bound)
         self.accepting = True
 
     @property
