@@ -14,6 +14,7 @@ setup(
         "gevent>=23.9",
         "PyMySQL>=1.1",
         "cchardet>=2.1.7",
+        "prometheus-client>=0.17",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6"],

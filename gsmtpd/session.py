@@ -15,6 +15,7 @@ import time
 import gevent
 from gevent.socket import wait_read
 
+from . import metrics
 from . import replies as R
 from .address import parse_helo, parse_path
 from .config import ListenerSpec
@@ -74,6 +75,8 @@ class Session:
 
     def run(self) -> None:
         started = time.monotonic()
+        metrics.M.connections.inc()
+        metrics.M.connections_open.inc()
         try:
             self.sock.settimeout(self.config.timeout)
             self.open()
@@ -103,6 +106,7 @@ class Session:
             self.wire.send(R.INTERNAL_ERROR)
             self._flush_quietly()
         finally:
+            metrics.M.connections_open.dec()
             if self.admitted:
                 self.server.release(self.ip)
             log.info("disconnect ip=%s messages=%d errors=%d seconds=%.2f",
@@ -147,6 +151,7 @@ class Session:
             raise Hangup() from None
         self.wire.sock = self.sock
         self.is_tls = True
+        metrics.M.tls_sessions.inc()
 
     def _flush_quietly(self) -> None:
         try:
@@ -382,12 +387,14 @@ class Session:
             raise data_timeout from None
         if data.message is None:
             log.info("refused ip=%s from=<%s> size=%d reply=552 too big", self.ip, envelope.sender, data.size)
-            self.reply(R.TOO_BIG)
+            reply = R.TOO_BIG
         elif data.bare_lf and self.config.bare_lf == "reject":
             log.info("refused ip=%s from=<%s> size=%d reply=550 bare LF", self.ip, envelope.sender, data.size)
-            self.reply(R.BARE_LF)
+            reply = R.BARE_LF
         else:
-            self.reply(self.deliver(envelope, data.message))
+            reply = self.deliver(envelope, data.message)
+        metrics.M.message(reply.code, data.size, len(envelope.recipients))
+        self.reply(reply)
 
     def deliver(self, envelope: Envelope, message: bytes) -> R.Reply:
         queue_id = new_queue_id()

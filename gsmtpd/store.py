@@ -23,6 +23,8 @@ import gevent
 from gevent.event import AsyncResult
 from gevent.queue import Empty, Full, Queue
 
+from . import metrics
+
 log = logging.getLogger("gsmtpd.store")
 
 # Columns of new_mail written by the server, in the order of every row tuple.
@@ -117,7 +119,6 @@ class Store:
         self.retry_at = 0.0          # monotonic time of the next connection attempt
         self.backoff = self.RECONNECT_MIN
         self.writer: gevent.Greenlet | None = None
-        self.stats = {"batches": 0, "messages": 0, "transient": 0}
 
     # --- lifecycle
 
@@ -128,7 +129,9 @@ class Store:
         try:
             self.backend.connect()
             self.connected = True
+            metrics.M.store_up.set(1)
         except StoreUnreachable as exc:
+            metrics.M.store_up.set(0)
             log.error("store unreachable at start, answering 451 until it is back: %s", exc)
         self.writer = gevent.spawn(self._run)
 
@@ -156,6 +159,7 @@ class Store:
         deadline = time.monotonic() + self.save_timeout
         try:
             self.queue.put(pending, timeout=self.save_timeout)
+            metrics.M.queue_depth.set(self.queue.qsize())
         except Full:
             log.warning("store queue full for %.1fs: answering 451", self.save_timeout)
             return Verdict.TRANSIENT
@@ -185,6 +189,7 @@ class Store:
                 batch.append(self.queue.get_nowait())
             except Empty:
                 break
+        metrics.M.queue_depth.set(self.queue.qsize())
         claimed = []
         for pending in batch:
             if pending.state == QUEUED:
@@ -201,13 +206,14 @@ class Store:
             verdicts = self.backend.write(batch)
         except TransientError as exc:
             log.error("store write failed, %d messages get 451: %s", len(batch), exc)
-            self.stats["transient"] += len(batch)
+            metrics.M.storage_errors.inc()
             self._disconnect()
             verdicts = [Verdict.TRANSIENT] * len(batch)
         else:
-            self.stats["batches"] += 1
-            self.stats["messages"] += len(batch)
-            log.debug("committed %d messages in %.1f ms", len(batch), (time.monotonic() - started) * 1000)
+            elapsed = time.monotonic() - started
+            metrics.M.batch_size.observe(len(batch))
+            metrics.M.commit_seconds.observe(elapsed)
+            log.debug("committed %d messages in %.1f ms", len(batch), elapsed * 1000)
         self._finish(batch, verdicts)
 
     @staticmethod
@@ -223,16 +229,19 @@ class Store:
         try:
             self.backend.connect()
         except TransientError as exc:
+            metrics.M.store_up.set(0)
             self.retry_at = time.monotonic() + self.backoff
             log.error("store unreachable, retrying in %.2fs: %s", self.backoff, exc)
             self.backoff = min(self.backoff * 2, self.RECONNECT_MAX)
             return False
         log.info("store connection re-established")
+        metrics.M.store_up.set(1)
         self.connected = True
         self.backoff = self.RECONNECT_MIN
         return True
 
     def _disconnect(self) -> None:
+        metrics.M.store_up.set(0)
         self.backend.close()
         self.connected = False
         self.retry_at = 0.0          # the first reconnect is immediate, then backoff
