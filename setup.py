@@ -15,9 +15,10 @@ setup(
         "PyMySQL>=1.1",
         "cchardet>=2.1.7",
         "prometheus-client>=0.17",
+        "setproctitle>=1.3",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6"],
+        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "supervisor>=4.2"],
     },
     entry_points={"console_scripts": ["gsmtpd = gsmtpd.cli:main"]},
 )

@@ -1,7 +1,11 @@
-"""``gsmtpd`` on the command line: argv -> config -> logging -> store -> server.
+"""``gsmtpd`` on the command line: argv -> config -> logging -> listeners -> user -> serve.
 
 gevent's monkey patching comes first, before anything imports socket, so PyMySQL's socket
-only blocks its own greenlet. Exit codes: 0 clean stop, 1 cannot start (store, port),
+only blocks its own greenlet. The listeners are bound here, before anything else, because
+port 25 needs root and ``--user`` gives root up right after. Then either one process serves
+(``--workers 1``: no master) or the arbiter forks the workers (arbiter.py).
+
+Exit codes: 0 clean stop, 1 cannot start (store, port, user, a worker that cannot boot),
 2 bad configuration.
 """
 from gevent import monkey
@@ -9,37 +13,22 @@ from gevent import monkey
 monkey.patch_all()
 
 import logging  # noqa: E402  (after patching, on purpose)
-import signal  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 
-import gevent  # noqa: E402
-import gevent.event  # noqa: E402
-
 from . import config as configuration  # noqa: E402
-from .server import Server  # noqa: E402
-from .store import Store, TransientError, open_backend  # noqa: E402
+from . import logs, metrics, notify  # noqa: E402
+from .arbiter import Arbiter, prepare_store, switch_user  # noqa: E402
+from .server import bind  # noqa: E402
+from .worker import Worker, set_title  # noqa: E402
 
 log = logging.getLogger("gsmtpd")
 
 EXIT_OK, EXIT_START_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
 
 
-def setup_logging(config) -> None:
-    handlers: list[logging.Handler] = []
-    if config.logfile:
-        handlers.append(logging.FileHandler(config.logfile))
-    if config.verbose or not config.logfile:
-        handlers.append(logging.StreamHandler(sys.stderr))
-    level = logging.DEBUG if config.verbose and config.log_level == "info" else config.log_level.upper()
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    root = logging.getLogger()
-    for handler in handlers:
-        handler.setFormatter(formatter)
-        root.addHandler(handler)
-    root.setLevel(level)
-
-
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
         config = configuration.load(argv)
     except configuration.ConfigError as exc:
@@ -52,33 +41,80 @@ def main(argv: list[str] | None = None) -> int:
         print("configuration OK")
         return EXIT_OK
 
-    setup_logging(config)
-    store = Store(open_backend(config.store, config.save_timeout), batch_max=config.batch_max,
-                  queue_max=config.queue_max, save_timeout=config.save_timeout)
+    logs.configure(config)
+    bound = []
+    for spec in configuration.listeners(config):
+        try:
+            bound.append((spec, bind(spec)))
+        except OSError as exc:
+            log.error("cannot listen on %s port %s: %s", spec.host, spec.port, exc.strerror or exc)
+            return close(bound, EXIT_START_FAILED)
     try:
-        store.start()
-    except TransientError as exc:
-        log.error("cannot start: %s", exc)
-        return EXIT_START_FAILED
-    server = Server(config, store)
-    try:
-        server.start()
+        metrics_sock = metrics.prepare(config)
     except OSError as exc:
-        log.error("cannot listen on %s port %s: %s", config.listen, config.port, exc.strerror or exc)
-        store.close()
-        return EXIT_START_FAILED
+        log.error("cannot listen for metrics on %s: %s", config.metrics, exc.strerror or exc)
+        return close(bound, EXIT_START_FAILED)
+    if config.pid_file:
+        write_pid_file(config.pid_file)
+    try:
+        if config.workers != 1:
+            try:
+                prepare_store(config)
+            except Exception as exc:
+                log.error("cannot start: %s", exc)
+                return close(bound, EXIT_START_FAILED)
+        if config.user:
+            try:
+                switch_user(config, config.pid_file)
+            except (OSError, KeyError) as exc:
+                log.error("cannot switch to user %s: %s", config.user, exc.args[0] if exc.args else exc)
+                return close(bound, EXIT_START_FAILED)
+        if config.workers == 1:
+            return run_alone(config, bound, argv, metrics_sock)
+        return Arbiter(config, bound, argv, metrics_sock).run()
+    finally:
+        metrics.cleanup()
+        if config.pid_file:
+            remove_pid_file(config.pid_file)
+
+
+def run_alone(config, bound, argv, metrics_sock=None) -> int:
+    """--workers 1: this process serves, with no master."""
+    set_title(f"single [{' '.join('%s:%d' % sock.getsockname()[:2] for _, sock in bound)}]")
+    worker = Worker(config, bound, argv, metrics_sock=metrics_sock)
+    try:
+        worker.boot()
+    except Exception as exc:
+        log.error("cannot start: %s", exc)
+        worker.stop(graceful=False)
+        return close(bound, EXIT_START_FAILED)
     log.info("gsmtpd ready: hostname=%s store=%s allowed_hosts=%s", config.hostname,
              configuration.redact_url(config.store), ",".join(config.allowed_hosts))
+    notify.notify("READY=1", "STATUS=serving", f"MAINPID={os.getpid()}")
+    return worker.serve()
 
-    stopping = gevent.event.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(signum, stopping.set)
-    stopping.wait()
-    log.info("stopping: no new connections, waiting for open sessions")
-    server.stop(timeout=10.0)
-    store.close()
-    log.info("stopped")
-    return EXIT_OK
+
+def close(bound, status: int) -> int:
+    for _, sock in bound:
+        sock.close()
+    return status
+
+
+def write_pid_file(path: str) -> None:
+    with open(path + ".tmp", "w") as fh:
+        fh.write(f"{os.getpid()}\n")
+    os.replace(path + ".tmp", path)
+
+
+def remove_pid_file(path: str) -> None:
+    """Only our own: a newer gsmtpd may have written its pid there since."""
+    try:
+        with open(path) as fh:
+            if fh.read().strip() != str(os.getpid()):
+                return
+        os.unlink(path)
+    except OSError as exc:
+        log.warning("cannot remove the pid file %s: %s", path, exc.strerror or exc)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,243 @@
+"""One serving process: a Store (writer greenlet + database connection) and a Server on
+sockets bound by someone else. It runs alone (``--workers 1``, no master) or as a child of
+the arbiter, which talks to it through signals, a control pipe and a heartbeat.
+
+Signal handlers only enqueue; ``serve()`` takes them off the queue one at a time:
+
+- TERM: graceful. Stop accepting; a session in DATA gets its 250 after the commit, idle
+  sessions get 421 4.3.0; the writer flushes; after ``graceful_timeout`` the rest is cut off.
+- INT, QUIT: quick. Sessions are cut off, the writer gets a moment to flush.
+- HUP (alone only): reload the configuration file. Under a master, the master reloads and
+  sends the checked configuration down the control pipe instead.
+- USR1: reopen the log file (logrotate).
+"""
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import pickle
+import signal
+import struct
+import time
+
+import gevent
+import gevent.os
+from gevent.queue import Queue
+
+from . import config as configuration
+from . import logs, metrics, notify
+from .server import Server
+from .store import Store, open_backend
+
+log = logging.getLogger("gsmtpd.worker")
+
+QUICK_FLUSH = 2.0   # seconds the writer gets on a quick stop
+
+# --- the heartbeat: a shared anonymous mapping per worker, made by the master before the fork.
+# Layout: monotonic time of the last beat (double), then a state byte. CLOCK_MONOTONIC is
+# the same clock in every process of the machine.
+HEARTBEAT = struct.Struct("dB")
+BOOTING, READY = 0, 1
+
+
+def new_heartbeat() -> mmap.mmap:
+    beat = mmap.mmap(-1, HEARTBEAT.size)
+    HEARTBEAT.pack_into(beat, 0, time.monotonic(), BOOTING)
+    return beat
+
+
+def read_heartbeat(beat: mmap.mmap) -> tuple[float, int]:
+    return HEARTBEAT.unpack_from(beat, 0)
+
+
+def set_title(role: str) -> None:
+    """What ps shows: "gsmtpd: master [...]", "gsmtpd: worker"."""
+    title = f"gsmtpd: {role}"
+    try:
+        import setproctitle
+        setproctitle.setproctitle(title)
+    except ImportError:  # pragma: no cover - setproctitle is a dependency; comm is the fallback
+        try:
+            with open("/proc/self/comm", "w") as comm:
+                comm.write(title[:15])
+        except OSError:
+            pass
+
+
+def die_with_parent() -> None:
+    """Linux: SIGTERM (a graceful stop) when the master dies, even by SIGKILL, so no orphan
+    keeps the port. The heartbeat greenlet also notices a new parent, elsewhere."""
+    try:
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+# --- the control pipe: master -> worker, length-prefixed pickles: ("config", Config), ("drain",)
+LENGTH = struct.Struct("!I")
+
+
+def send_message(fd: int, message: tuple) -> None:
+    data = pickle.dumps(message)
+    os.write(fd, LENGTH.pack(len(data)) + data)
+
+
+class Worker:
+    def __init__(self, config, bound, argv: list[str] | None = None,
+                 control: int | None = None, heartbeat: mmap.mmap | None = None, metrics_sock=None):
+        self.config = config
+        self.bound = bound
+        self.metrics_sock = metrics_sock  # bound by metrics.prepare(), served by every worker
+        self.metrics_server = None
+        self.argv = argv
+        self.control = control        # read end of the master's pipe; None when alone
+        self.heartbeat = heartbeat
+        self.events: Queue = Queue()
+        self.store: Store | None = None
+        self.server: Server | None = None
+        self.greenlets: list[gevent.Greenlet] = []
+        # Installed first, so a TERM during boot is a graceful stop and not a sudden death.
+        self.watchers = [gevent.signal_handler(signum, self.events.put_nowait, signum)
+                         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT,
+                                        signal.SIGHUP, signal.SIGUSR1)]
+        if heartbeat is not None:
+            self.greenlets.append(gevent.spawn(self._beat))
+
+    @property
+    def alone(self) -> bool:
+        return self.control is None
+
+    # --- lifecycle
+
+    def boot(self) -> None:
+        """Connect the store and start serving. Raises StoreMisconfigured (wrong credentials,
+        bad schema) or whatever else stops this process from serving."""
+        config = self.config
+        metrics.enable()
+        self.store = Store(open_backend(config.store, config.save_timeout), batch_max=config.batch_max,
+                           queue_max=config.queue_max, save_timeout=config.save_timeout)
+        self.store.start()
+        self.server = Server(config, self.store, self.bound)
+        self.server.start(announce_listeners=self.alone)
+        if self.metrics_sock is not None:
+            self.metrics_server = metrics.serve(self.metrics_sock)
+        if self.heartbeat is not None:
+            HEARTBEAT.pack_into(self.heartbeat, 0, time.monotonic(), READY)
+        if self.control is not None:
+            self.greenlets.append(gevent.spawn(self._read_control))
+
+    def serve(self) -> int:
+        """Dispatch events until stopped; returns the exit status."""
+        while True:
+            event = self.events.get()
+            if event == signal.SIGTERM:
+                return self.stop(graceful=True)
+            if event in (signal.SIGINT, signal.SIGQUIT):
+                return self.stop(graceful=False)
+            if event == signal.SIGHUP:
+                if self.alone:
+                    self.reload()
+            elif event == signal.SIGUSR1:
+                logs.reopen()
+                log.info("log file reopened")
+            elif event[0] == "config":
+                self.apply(event[1])
+            elif event[0] == "drain":
+                return self.drain()
+            elif event[0] == "orphaned":
+                log.warning("the master is gone: stopping")
+                return self.stop(graceful=True)
+
+    def stop(self, graceful: bool) -> int:
+        notify.notify("STOPPING=1")        # alone only: workers have no NOTIFY_SOCKET
+        timeout = self.config.graceful_timeout if graceful else 0.0
+        if graceful:
+            log.info("stopping: no new connections, open sessions get %.0fs to finish", timeout)
+        else:
+            log.info("stopping now: open sessions are cut off")
+        deadline = time.monotonic() + timeout
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        if self.server is not None:
+            self.server.stop(timeout=timeout)
+        if self.store is not None:
+            self.store.close(timeout=max(QUICK_FLUSH, deadline - time.monotonic()))
+        for greenlet in self.greenlets:
+            greenlet.kill(block=False)
+        log.info("stopped")
+        return 0
+
+    def drain(self) -> int:
+        """Replaced after a reload that changed the listeners or the store: stop accepting and
+        let open sessions end by themselves; after graceful_timeout, a graceful stop."""
+        log.info("replaced by new workers: no new connections, waiting for open sessions")
+        self.server.accepting = False
+        for listener in self.server.listeners:
+            listener.close()
+        deadline = time.monotonic() + self.config.graceful_timeout
+        while self.server.sessions and time.monotonic() < deadline:
+            gevent.sleep(0.1)
+        return self.stop(graceful=True)
+
+    # --- reload
+
+    def reload(self) -> None:
+        """HUP without a master: read the configuration again; keep the old one if it is bad."""
+        try:
+            config = configuration.load(self.argv)
+        except configuration.ConfigError as exc:
+            log.error("reload failed, keeping the running configuration: %s", "; ".join(exc.problems))
+            return
+        notify.notify("RELOADING=1")
+        for name in ("listeners", "listen", "port", "store", "user"):
+            if getattr(config, name) != getattr(self.config, name):
+                log.warning("reload: %s changed; without a master (--workers 1) that takes a restart", name)
+        self.apply(config.replace(listeners=self.config.listeners, listen=self.config.listen,
+                                  port=self.config.port, store=self.config.store))
+        notify.notify("READY=1")
+
+    def apply(self, config) -> None:
+        try:
+            self.server.apply(config)
+        except Exception as exc:  # e.g. an unreadable TLS certificate: keep serving as before
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        self.config = config
+        logs.configure(config)
+        log.info("configuration reloaded: allowed_hosts=%s", ",".join(config.allowed_hosts))
+
+    # --- talking to the master
+
+    def _beat(self) -> None:
+        interval = min(1.0, self.config.worker_timeout / 4)
+        master = os.getppid()
+        while True:
+            _, state = read_heartbeat(self.heartbeat)
+            HEARTBEAT.pack_into(self.heartbeat, 0, time.monotonic(), state)
+            if os.getppid() != master:
+                self.events.put_nowait(("orphaned",))
+                return
+            gevent.sleep(interval)
+
+    def _read_control(self) -> None:
+        gevent.os.make_nonblocking(self.control)
+        buffer = b""
+        while True:
+            try:
+                chunk = gevent.os.nb_read(self.control, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.events.put_nowait(("orphaned",))
+                return
+            buffer += chunk
+            while len(buffer) >= LENGTH.size:
+                (size,) = LENGTH.unpack_from(buffer)
+                if len(buffer) < LENGTH.size + size:
+                    break
+                message = pickle.loads(buffer[LENGTH.size:LENGTH.size + size])
+                buffer = buffer[LENGTH.size + size:]
+                self.events.put_nowait(message)
