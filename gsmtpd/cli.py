@@ -57,17 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     if config.pid_file:
         write_pid_file(config.pid_file)
     try:
-        if config.workers != 1:
-            try:
-                prepare_store(config)
-            except Exception as exc:
-                log.error("cannot start: %s", exc)
-                return close(bound, EXIT_START_FAILED)
         if config.user:
             try:
                 switch_user(config, config.pid_file)
             except (OSError, KeyError) as exc:
                 log.error("cannot switch to user %s: %s", config.user, exc.args[0] if exc.args else exc)
+                return close(bound, EXIT_START_FAILED)
+        if config.workers != 1:
+            try:
+                prepare_store(config)       # as the user: the files SQLite makes are the user's
+            except Exception as exc:
+                log.error("cannot start: %s", exc)
                 return close(bound, EXIT_START_FAILED)
         if config.workers == 1:
             return run_alone(config, bound, argv, metrics_sock)

@@ -13,6 +13,7 @@ Signal handlers only enqueue; ``serve()`` takes them off the queue one at a time
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import mmap
 import os
@@ -24,6 +25,11 @@ import time
 import gevent
 import gevent.os
 from gevent.queue import Queue
+
+try:
+    import setproctitle
+except ImportError:  # pragma: no cover
+    pass
 
 from . import config as configuration
 from . import logs, metrics, notify
@@ -55,9 +61,8 @@ def set_title(role: str) -> None:
     """What ps shows: "gsmtpd: master [...]", "gsmtpd: worker"."""
     title = f"gsmtpd: {role}"
     try:
-        import setproctitle
         setproctitle.setproctitle(title)
-    except ImportError:  # pragma: no cover - setproctitle is a dependency; comm is the fallback
+    except NameError:  # pragma: no cover - setproctitle is a dependency; comm is the fallback
         try:
             with open("/proc/self/comm", "w") as comm:
                 comm.write(title[:15])
@@ -68,9 +73,8 @@ def set_title(role: str) -> None:
 def die_with_parent() -> None:
     """Linux: SIGTERM (a graceful stop) when the master dies, even by SIGKILL, so no orphan
     keeps the port. The heartbeat greenlet also notices a new parent, elsewhere."""
+    PR_SET_PDEATHSIG = 1
     try:
-        import ctypes
-        PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         pass
