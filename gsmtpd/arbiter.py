@@ -107,7 +107,11 @@ class Arbiter:
             except Empty:
                 event = None
             if event is not None:
-                result = self.dispatch(event)
+                try:
+                    result = self.dispatch(event)
+                except Exception:  # a bug in a handler must not leave the workers unattended
+                    log.exception("handling %r failed", event)
+                    result = None
                 if result is not None:
                     return result
             self.murder_stuck_workers()
@@ -287,11 +291,16 @@ class Arbiter:
     def replace_workers(self, config, specs) -> None:
         """A reload that changed listeners, store or worker count: bind what is new, start a
         new generation, let the old one finish its sessions."""
-        by_address = {(spec.host, spec.port): sock for spec, sock in self.bound}
+        # A listener whose address is unchanged keeps its socket (port 0 included): no
+        # connection in its backlog is lost.
+        by_address: dict[tuple[str, int], list] = {}
+        for spec, sock in self.bound:
+            by_address.setdefault((spec.host, spec.port), []).append(sock)
         bound, fresh = [], []
         try:
             for spec in specs:
-                sock = by_address.get((spec.host, spec.port)) if spec.port else None
+                same = by_address.get((spec.host, spec.port))
+                sock = same.pop(0) if same else None
                 if sock is None:
                     sock = bind(spec)
                     fresh.append(sock)

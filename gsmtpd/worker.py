@@ -137,23 +137,33 @@ class Worker:
         """Dispatch events until stopped; returns the exit status."""
         while True:
             event = self.events.get()
-            if event == signal.SIGTERM:
-                return self.stop(graceful=True)
-            if event in (signal.SIGINT, signal.SIGQUIT):
-                return self.stop(graceful=False)
-            if event == signal.SIGHUP:
-                if self.alone:
-                    self.reload()
-            elif event == signal.SIGUSR1:
-                logs.reopen()
-                log.info("log file reopened")
-            elif event[0] == "config":
-                self.apply(event[1])
-            elif event[0] == "drain":
-                return self.drain()
-            elif event[0] == "orphaned":
-                log.warning("the master is gone: stopping")
-                return self.stop(graceful=True)
+            try:
+                status = self.dispatch(event)
+            except Exception:  # a bug in a handler must not take the sessions down with it
+                log.exception("handling %r failed", event)
+                continue
+            if status is not None:
+                return status
+
+    def dispatch(self, event) -> int | None:
+        if event == signal.SIGTERM:
+            return self.stop(graceful=True)
+        if event in (signal.SIGINT, signal.SIGQUIT):
+            return self.stop(graceful=False)
+        if event == signal.SIGHUP:
+            if self.alone:
+                self.reload()
+        elif event == signal.SIGUSR1:
+            logs.reopen()
+            log.info("log file reopened")
+        elif event[0] == "config":
+            self.apply(event[1])
+        elif event[0] == "drain":
+            return self.drain()
+        elif event[0] == "orphaned":
+            log.warning("the master is gone: stopping")
+            return self.stop(graceful=True)
+        return None
 
     def stop(self, graceful: bool) -> int:
         notify.notify("STOPPING=1")        # alone only: workers have no NOTIFY_SOCKET
@@ -178,7 +188,8 @@ class Worker:
         """Replaced after a reload that changed the listeners or the store: stop accepting and
         let open sessions end by themselves; after graceful_timeout, a graceful stop."""
         log.info("replaced by new workers: no new connections, waiting for open sessions")
-        self.server.accepting = False
+        # Only the listeners close: ``accepting`` stays, or sessions would get 421 at their
+        # next command (session.next_command).
         for listener in self.server.listeners:
             listener.close()
         deadline = time.monotonic() + self.config.graceful_timeout
@@ -196,12 +207,18 @@ class Worker:
             log.error("reload failed, keeping the running configuration: %s", "; ".join(exc.problems))
             return
         notify.notify("RELOADING=1")
-        for name in ("listeners", "listen", "port", "store", "user"):
-            if getattr(config, name) != getattr(self.config, name):
-                log.warning("reload: %s changed; without a master (--workers 1) that takes a restart", name)
-        self.apply(config.replace(listeners=self.config.listeners, listen=self.config.listen,
-                                  port=self.config.port, store=self.config.store))
-        notify.notify("READY=1")
+        try:
+            kept = {"listen": self.config.listen, "port": self.config.port, "store": self.config.store,
+                    "user": self.config.user}
+            if configuration.listeners(config) != configuration.listeners(self.config):
+                log.warning("reload: the listeners changed; without a master (--workers 1) that takes a restart")
+            for name, value in kept.items():
+                if getattr(config, name) != value:
+                    log.warning("reload: %s changed; without a master (--workers 1) that takes a restart", name)
+            # The sockets stay as they are; the Server keeps serving them with their old specs.
+            self.apply(config.replace(**kept))
+        finally:
+            notify.notify("READY=1")
 
     def apply(self, config) -> None:
         try:
