@@ -22,7 +22,7 @@ from .config import ListenerSpec
 from .envelope import Envelope, Recipient, build_rows, new_queue_id
 from .store import Verdict
 from .proxy import ProxyError, read_header
-from .wire import ConnectionClosed, LineTooLong, Wire
+from .wire import ConnectionClosed, Expired, LineTooLong, Wire
 from .xclient import parse_xclient
 
 log = logging.getLogger("gsmtpd.session")
@@ -47,8 +47,9 @@ class Hangup(Exception):
 
 
 def shutting_down() -> Hangup:
-    """Raised into an idle session by Server.stop()."""
-    return Hangup(R.SHUTTING_DOWN, discard_queued=True)
+    """Raised into an idle session by Server.stop(), and by a busy one at its next command.
+    Replies already queued (the 250 of a message that just got in) still go out first."""
+    return Hangup(R.SHUTTING_DOWN)
 
 
 class Session:
@@ -169,14 +170,13 @@ class Session:
             raise shutting_down()
         self.reading_command = True
         try:
-            if self.wire.has_line():
-                return self.wire.read_line(MAX_COMMAND_LINE)
             # A deadline for the whole line, not per read: a client dripping one byte at a
             # time must not hold the connection forever.
-            with gevent.Timeout(self.config.timeout, Hangup(R.COMMAND_TIMEOUT, discard_queued=True)):
-                return self.wire.read_line(MAX_COMMAND_LINE)
+            return self.wire.read_line(MAX_COMMAND_LINE, self.config.timeout)
         except LineTooLong:
             return None
+        except Expired:
+            raise Hangup(R.COMMAND_TIMEOUT, discard_queued=True) from None
         finally:
             self.reading_command = False
 
@@ -358,12 +358,15 @@ class Session:
         if len(envelope.recipients) >= self.config.max_recipients:
             self.reply(R.TOO_MANY_RECIPIENTS)
             return
-        envelope.recipients.append(Recipient(path.address, self.mailbox(path.local, path.domain)))
+        mailbox = self.mailbox(path.local, path.domain)
+        # The same mailbox twice gets one row, as Postfix delivers a duplicate once.
+        if all(known.mailbox != mailbox for known in envelope.recipients):
+            envelope.recipients.append(Recipient(path.address, mailbox))
         self.reply(R.RECIPIENT_OK)
 
     def mailbox(self, local: str, domain: str) -> str:
         """The `to` column. A primary host files every local part under one domain."""
-        domain = self.config.primary_host or domain or self.config.hostname
+        domain = self.config.primary_host or domain.rstrip(".") or self.config.hostname
         return f"{local}@{domain}".lower()
 
     def smtp_DATA(self, argument: str) -> None:
@@ -379,12 +382,10 @@ class Session:
         envelope, self.envelope = self.envelope, None
         self.reply(R.START_DATA)
         # RFC 5321 4.5.3.2.5-6: a deadline for each read and one for the whole DATA phase.
-        data_timeout = Hangup(R.DATA_TIMEOUT, discard_queued=True)
         try:
-            with gevent.Timeout(self.config.data_timeout, data_timeout):
-                data = self.wire.read_data(self.config.max_size, self.config.bare_lf)
-        except socket.timeout:
-            raise data_timeout from None
+            data = self.wire.read_data(self.config.max_size, self.config.data_timeout, self.config.bare_lf)
+        except (socket.timeout, Expired):
+            raise Hangup(R.DATA_TIMEOUT, discard_queued=True) from None
         if data.message is None:
             log.info("refused ip=%s from=<%s> size=%d reply=552 too big", self.ip, envelope.sender, data.size)
             reply = R.TOO_BIG

@@ -7,6 +7,7 @@ in order and in few packets.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 RECV_SIZE = 65536
@@ -25,6 +26,11 @@ class Data:
 
 class ConnectionClosed(Exception):
     """The client went away."""
+
+
+class Expired(Exception):
+    """The deadline for this line or this DATA phase passed while the client was still
+    sending (a slow drip); a silent client is caught by the socket timeout instead."""
 
 
 class LineTooLong(Exception):
@@ -52,10 +58,10 @@ class Wire:
 
     # --- input
 
-    def has_line(self) -> bool:
-        return b"\n" in self.buf
-
-    def _recv(self) -> bytes:
+    def _recv(self, deadline: float) -> bytes:
+        """The next chunk. Deadlines are checked after each read rather than armed as
+        timers: a timer per command costs more than the read itself, and a client that
+        drips bytes is still cut off within one socket timeout of its deadline."""
         self.flush()
         self.waiting = True
         try:
@@ -64,6 +70,8 @@ class Wire:
             self.waiting = False
         if not chunk:
             raise ConnectionClosed()
+        if time.monotonic() > deadline:
+            raise Expired()
         self.bytes_in += len(chunk)
         return chunk
 
@@ -71,10 +79,11 @@ class Wire:
         """Forget what the client sent ahead (STARTTLS: RFC 3207 section 4.2, CVE-2011-0411)."""
         self.buf.clear()
 
-    def read_line(self, limit: int) -> bytes:
-        """One line without its line ending. A bare LF also ends a command line, as in
-        Postfix; a line longer than ``limit`` octets raises LineTooLong after its rest has
-        been read and dropped, without keeping it in memory."""
+    def read_line(self, limit: int, seconds: float) -> bytes:
+        """One line without its line ending, within ``seconds``. A bare LF also ends a
+        command line, as in Postfix; a line longer than ``limit`` octets raises LineTooLong
+        after its rest has been read and dropped, without keeping it in memory."""
+        deadline = time.monotonic() + seconds
         buf = self.buf
         scanned = 0
         while True:
@@ -87,21 +96,21 @@ class Wire:
                 del buf[:end + 1]
                 return line[:-1] if line.endswith(b"\r") else line
             if len(buf) > limit:
-                self._skip_line()
+                self._skip_line(deadline)
                 raise LineTooLong()
             scanned = len(buf)
-            buf += self._recv()
+            buf += self._recv(deadline)
 
-    def _skip_line(self) -> None:
+    def _skip_line(self, deadline: float) -> None:
         self.buf.clear()
         while True:
-            chunk = self._recv()
+            chunk = self._recv(deadline)
             end = chunk.find(b"\n")
             if end >= 0:
                 self.buf += chunk[end + 1:]
                 return
 
-    def read_data(self, max_size: int, bare_lf: str = "normalize") -> Data:
+    def read_data(self, max_size: int, seconds: float, bare_lf: str = "normalize") -> Data:
         """Read the message up to <CRLF>.<CRLF> and undo dot-stuffing (RFC 5321 4.5.2).
 
         Returns the message and its size; the message is None when it grew past ``max_size``: the
@@ -110,7 +119,9 @@ class Wire:
         other variants used for SMTP smuggling are content. With ``bare_lf='normalize'``
         (Postfix 3.9 smtpd_forbid_bare_newline = normalize) a bare LF in the content is
         stored as CRLF; otherwise it is kept as sent and ``bare_lf`` says it was there.
+        The whole message must arrive within ``seconds`` (raises Expired).
         """
+        deadline = time.monotonic() + seconds
         data = bytearray(b"\r\n")
         data += self.buf
         self.buf.clear()
@@ -131,17 +142,20 @@ class Wire:
                 dropped += len(data) - 4
                 del data[:-4]
             scan_from = max(0, len(data) - 4)
-            data += self._recv()
+            data += self._recv(deadline)
 
     @staticmethod
     def _unstuff(data: bytearray, bare_lf: str, max_size: int) -> Data:
-        message = bytes(data)
-        has_bare_lf = message.count(b"\n") != message.count(b"\r\n")
+        """``data`` is CRLF + content. One copy in the common case (no stuffed dots, no
+        bare LF): large messages must not be copied over and over."""
+        has_bare_lf = data.count(b"\n") != data.count(b"\r\n")
         if has_bare_lf and bare_lf == "normalize":
-            message = _BARE_LF.sub(b"\r\n", message)
-        if b"\r\n.." in message:
-            message = message.replace(b"\r\n..", b"\r\n.")
-        message = message[2:]
-        if len(message) > max_size:
-            return Data(None, len(message))
-        return Data(message, len(message), has_bare_lf)
+            data = _BARE_LF.sub(b"\r\n", data)
+        if b"\r\n.." in data:
+            data = data.replace(b"\r\n..", b"\r\n.")
+        size = len(data) - 2
+        if size > max_size:
+            return Data(None, size)
+        with memoryview(data) as view:
+            message = bytes(view[2:])
+        return Data(message, size, has_bare_lf)

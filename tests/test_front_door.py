@@ -246,7 +246,8 @@ def test_xclient_from_anyone_else_is_an_unknown_command(sqlite_store, gsmtpd_ser
 
 
 def test_max_clients_answers_421_instead_of_hanging(sqlite_store, gsmtpd_server):
-    server = gsmtpd_server(sqlite_store, max_clients=3)
+    # max_clients is per process (each worker has its own event loop and limit).
+    server = gsmtpd_server(sqlite_store, max_clients=3, workers=1)
     held = [server.raw() for _ in range(3)]
     assert all(c.reply().startswith("220") for c in held)
     extra = server.raw()
@@ -259,7 +260,7 @@ def test_max_clients_answers_421_instead_of_hanging(sqlite_store, gsmtpd_server)
 
 
 def test_per_address_limit(sqlite_store, gsmtpd_server):
-    server = gsmtpd_server(sqlite_store, max_per_ip=2)
+    server = gsmtpd_server(sqlite_store, max_per_ip=2, workers=1)
     held = [server.raw() for _ in range(2)]
     assert all(c.reply().startswith("220") for c in held)
     third = server.raw()
