@@ -344,6 +344,8 @@ class Report:
                 f"stored_dropped={self.stored_dropped} dropped={self.dropped} refused={refused} "
                 f"p50={ms(self.p50)} p99={ms(self.p99)} p99_total={ms(self.p99_total)} "
                 f"max_wait={ms(self.max_reply_wait)}")
+        if self.not_sent:
+            text += " not_sent=" + ",".join(f"{k}x{v}" for k, v in self.not_sent.most_common())
         for key, value in self.extra.items():
             text += f" {key}={value}"
         return text

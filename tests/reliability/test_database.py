@@ -1,0 +1,76 @@
+"""The database goes away (2) or stalls (3) under a steady load; gsmtpd is never restarted.
+
+The outage uses a throwaway MariaDB of our own (the shared one on 3306 is never touched);
+the stall locks new_mail in a fresh database from another connection."""
+from __future__ import annotations
+
+import pytest
+
+from .scenarios import Numbers, db_outage, db_stall
+
+N = Numbers()
+MARGIN = 1.5   # seconds past the save timeout that a reply may take (scheduling, a round trip)
+
+
+def test_mariadb_stopped_for_10s_answers_451_then_stores_again_and_loses_nothing(
+        gsmtpd_server, throwaway_mariadb, throwaway_store):
+    result = db_outage(gsmtpd_server, throwaway_mariadb, throwaway_store, N).publish()
+    report = result.reports[0]
+    assert report.problems == []
+    assert report.lost == 0 and report.acked > N.rate * N.seconds * 0.8
+    assert result.during, "no message was sent while MariaDB was down"
+    codes = {a.reply[:9] for a in result.during}
+    assert codes == {"451 4.3.0"}, f"during the outage: {result.figures['during_outage']}"
+    assert report.max_reply_wait <= N.save_timeout + MARGIN, (
+        f"a session waited {report.max_reply_wait:.1f}s for its reply, save timeout {N.save_timeout}s")
+    assert result.recovered_after is not None and result.recovered_after <= 6.0, (
+        f"stored again {result.figures['stored_again_after']} after MariaDB returned")
+
+
+def test_mariadb_killed_for_10s_loses_nothing(gsmtpd_server, throwaway_mariadb, throwaway_store):
+    result = db_outage(gsmtpd_server, throwaway_mariadb, throwaway_store, N, crash=True).publish()
+    report = result.reports[0]
+    assert report.problems == []
+    assert {a.reply[:9] for a in result.during} == {"451 4.3.0"}
+    assert report.max_reply_wait <= N.save_timeout + MARGIN
+    assert result.recovered_after is not None and result.recovered_after <= 6.0
+
+
+_STALL: dict = {}
+
+
+def stall_result(gsmtpd_server, mysql_store):
+    """The stall scenario runs once for the two tests that read it."""
+    if "result" not in _STALL:
+        _STALL["result"] = db_stall(gsmtpd_server, mysql_store, N).publish()
+    return _STALL["result"]
+
+
+def test_locked_table_gets_451_bounded_memory_and_recovers(mysql_store, gsmtpd_server):
+    result = stall_result(gsmtpd_server, mysql_store)
+    report = result.reports[0]
+    assert report.problems == []
+    assert report.dropped == 0
+    # Sent while locked and timed out before the unlock: refused, never stored late.
+    assert result.during and {a.reply[:9] for a in result.during} == {"451 4.3.0"}, result.figures["during_stall"]
+    # A 451 may come early (the writer knows the store is unreachable), never much after
+    # the save timeout ... see the strict xfail below for how long it really is.
+    # At most stall_concurrency messages exist in the server at once (each client waits for
+    # its reply): allow 8 copies of each plus 64 MB.
+    bound = result.calm_mb + N.stall_concurrency * N.stall_size * 8 / 1e6 + 64
+    assert result.peak_mb <= bound, f"RSS {result.peak_mb:.0f} MB during the stall, bound {bound:.0f} MB"
+    assert result.recovered_after is not None and result.recovered_after <= 6.0
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Store.save() bounds only the wait in the queue: a message the writer has claimed "
+    "(state WRITING) waits on pending.result.get() with no deadline, and the writer's blocking "
+    "calls are each bounded by PyMySQL read_timeout = save_timeout; after the INSERT times out, "
+    "the reconnect runs schema.sql (CREATE TABLE IF NOT EXISTS), which waits on the same table "
+    "lock for another read_timeout. Under LOCK TABLES the 451 comes after ~2x save_timeout "
+    "(6.0 s for --save-timeout 3), and claimed messages get 250 only after the unlock."))
+def test_locked_table_451_comes_within_the_save_timeout(mysql_store, gsmtpd_server):
+    result = stall_result(gsmtpd_server, mysql_store)
+    assert max(result.waits_451) <= N.save_timeout + MARGIN, result.figures["451_wait_max"]
+    waits = [a.ended - a.dot_at for a in result.during if a.ended]
+    assert max(waits) <= N.save_timeout + MARGIN, result.figures["max_wait_during"]
