@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import mime
+from .store import Blob
 
 log = logging.getLogger("gsmtpd.session")
 
@@ -64,8 +65,8 @@ def build_rows(envelope: Envelope, raw: bytes, *, queue_id: str, now: float, ip:
                hostname: str, is_tls: bool, prefer: str) -> list[tuple]:
     """The new_mail rows for this message, one per recipient, in store.COLUMNS order."""
     protocol = ("UTF8SMTP" if envelope.smtputf8 else "ESMTP") + ("S" if is_tls else "")
-    mail = received_header(helo=helo, ip=ip, hostname=hostname, protocol=protocol,
-                           queue_id=queue_id, recipients=envelope.recipients, now=now) + raw
+    mail = Blob((received_header(helo=helo, ip=ip, hostname=hostname, protocol=protocol,
+                                 queue_id=queue_id, recipients=envelope.recipients, now=now), raw))
     parsed = parse_message(raw, prefer)
     date = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now))
     hashes = row_hashes(queue_id, len(envelope.recipients))

@@ -14,8 +14,8 @@ from importlib import resources
 
 import pymysql
 
-from .store import (COLUMNS, Backend, Pending, RowRefused, StoreMisconfigured, StoreUnreachable,
-                    TransientError, Verdict)
+from .store import (COLUMNS, Backend, Blob, Pending, RowRefused, StoreMisconfigured,
+                    StoreUnreachable, TransientError, Verdict)
 
 log = logging.getLogger("gsmtpd.store.mysql")
 
@@ -34,30 +34,34 @@ UNREACHABLE = {2002, 2003, 2006, 2013}
 
 
 def quote_bytes(data: bytes) -> bytes:
-    """A MySQL string literal for data. Only backslash, quote and NUL need escaping inside
-    quotes when NO_BACKSLASH_ESCAPES is off (we set sql_mode on connect)."""
+    """The escaped inside of a MySQL string literal. Only backslash, quote and NUL need
+    escaping inside quotes when NO_BACKSLASH_ESCAPES is off (we set sql_mode on connect).
+    Usually none is present and the data is used as it is, without a copy."""
     if b"\\" in data:
         data = data.replace(b"\\", b"\\\\")
     if b"'" in data:
         data = data.replace(b"'", b"\\'")
     if b"\0" in data:
         data = data.replace(b"\0", b"\\0")
-    return b"'" + data + b"'"
+    return data
 
 
-def literal(value: object) -> bytes:
+def literal(value: object) -> list[bytes]:
+    """The pieces of one SQL literal; they are joined once, with the whole statement."""
+    if isinstance(value, Blob):
+        return [b"_binary'", *map(quote_bytes, value), b"'"]
     if isinstance(value, bytes):
-        return b"_binary" + quote_bytes(value)
+        return [b"_binary'", quote_bytes(value), b"'"]
     if isinstance(value, str):
-        return quote_bytes(value.encode("utf-8", "replace"))
+        return [b"'", quote_bytes(value.encode("utf-8", "replace")), b"'"]
     if isinstance(value, bool):
-        return b"1" if value else b"0"
+        return [b"1" if value else b"0"]
     if isinstance(value, (int, float)):
-        return str(value).encode()
+        return [str(value).encode()]
     if isinstance(value, datetime.datetime):
-        return value.strftime("'%Y-%m-%d %H:%M:%S'").encode()
+        return [value.strftime("'%Y-%m-%d %H:%M:%S'").encode()]
     if value is None:
-        return b"NULL"
+        return [b"NULL"]
     raise TypeError(f"cannot store {type(value).__name__}")
 
 
@@ -128,24 +132,28 @@ class MySQLBackend(Backend):
             self.connect()
 
     def _insert(self, batch: list[Pending], verdicts: list[Verdict]) -> None:
+        """Multi-row INSERTs, each under max_allowed_packet, built as a list of pieces and
+        joined once: a 1 MiB message is not copied again for every layer of the statement."""
         limit = self.max_packet - PACKET_SLACK
-        values: list[bytes] = []
-        length = 0
+        pieces: list[bytes] = [INSERT_PREFIX]
+        length = len(INSERT_PREFIX)
         with self.conn.cursor() as cur:
             for index, pending in enumerate(batch):
                 try:
-                    rows = self._literals(pending, limit)
+                    rows = self._rows(pending, limit)
                 except RowRefused as refused:
                     verdicts[index] = refused.verdict
                     continue
-                for row in rows:
-                    if values and length + len(row) + 1 > limit:
-                        cur.execute(INSERT_PREFIX + b",".join(values))
-                        values, length = [], 0
-                    values.append(row)
-                    length += len(row) + 1
-            if values:
-                cur.execute(INSERT_PREFIX + b",".join(values))
+                for row, size in rows:
+                    if len(pieces) > 1 and length + size + 1 > limit:
+                        cur.execute(b"".join(pieces))
+                        pieces, length = [INSERT_PREFIX], len(INSERT_PREFIX)
+                    if len(pieces) > 1:
+                        pieces.append(b",")
+                    pieces += row
+                    length += size + 1
+            if len(pieces) > 1:
+                cur.execute(b"".join(pieces))
 
     def _insert_one_by_one(self, batch: list[Pending], verdicts: list[Verdict]) -> None:
         for index, pending in enumerate(batch):
@@ -158,22 +166,26 @@ class MySQLBackend(Backend):
                 verdicts[index] = Verdict.REFUSED
 
     @staticmethod
-    def _literals(pending: Pending, limit: int) -> list[bytes]:
-        """One "(v1,v2,...)" per row; the raw mail, shared by every row, is quoted once."""
-        quoted: dict[int, bytes] = {}
+    def _rows(pending: Pending, limit: int) -> list[tuple[list[bytes], int]]:
+        """The pieces of "(v1,v2,...)" for each row, with their length; the raw mail,
+        shared by every row of a message, is escaped once."""
+        quoted: dict[int, list[bytes]] = {}
         rows = []
         for row in pending.rows:
-            parts = []
-            for value in row:
-                if isinstance(value, bytes) and len(value) > 4096:
+            pieces = [b"("]
+            for number, value in enumerate(row):
+                if number:
+                    pieces.append(b",")
+                if isinstance(value, (bytes, Blob)):
                     part = quoted.get(id(value))
                     if part is None:
                         part = quoted[id(value)] = literal(value)
-                    parts.append(part)
+                    pieces += part
                 else:
-                    parts.append(literal(value))
-            text = b"(" + b",".join(parts) + b")"
-            if len(text) > limit:
-                raise RowRefused(Verdict.TOO_BIG, f"row of {len(text)} bytes > max_allowed_packet")
-            rows.append(text)
+                    pieces += literal(value)
+            pieces.append(b")")
+            size = sum(map(len, pieces))
+            if size > limit:
+                raise RowRefused(Verdict.TOO_BIG, f"row of {size} bytes > max_allowed_packet")
+            rows.append((pieces, size))
         return rows

@@ -81,7 +81,7 @@ class Session:
         try:
             self.sock.settimeout(self.config.timeout)
             self.open()
-            log.info("connect ip=%s%s", self.ip, " tls" if self.is_tls else "")
+            log.debug("connect ip=%s%s", self.ip, " tls" if self.is_tls else "")
             self.reply(R.greeting(self.config.hostname))
             while not self.closing:
                 self.handle(self.next_command())
@@ -110,8 +110,9 @@ class Session:
             metrics.M.connections_open.dec()
             if self.admitted:
                 self.server.release(self.ip)
-            log.info("disconnect ip=%s messages=%d errors=%d seconds=%.2f",
-                     self.ip, self.messages, self.errors, time.monotonic() - started)
+            # One line per connection, when it ends (the bench showed logging at ~8% of CPU).
+            log.info("disconnect ip=%s%s messages=%d errors=%d seconds=%.2f", self.ip,
+                     " tls" if self.is_tls else "", self.messages, self.errors, time.monotonic() - started)
 
     def open(self) -> None:
         """Everything before the greeting: PROXY header, per-address limit, implicit TLS,

@@ -11,7 +11,7 @@ import sqlite3
 
 from gevent import get_hub
 
-from .store import COLUMNS, Backend, Pending, StoreMisconfigured, TransientError, Verdict
+from .store import COLUMNS, Backend, Blob, Pending, StoreMisconfigured, TransientError, Verdict
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS new_mail (
@@ -38,6 +38,11 @@ CREATE TABLE IF NOT EXISTS new_mail (
 CREATE INDEX IF NOT EXISTS new_mail_to ON new_mail ("to");
 CREATE INDEX IF NOT EXISTS new_mail_date ON new_mail (date);
 """
+
+def plain(row: tuple) -> tuple:
+    """sqlite3 binds bytes, not our parts: join a Blob here, in the writer's thread."""
+    return tuple(value.join() if isinstance(value, Blob) else value for value in row)
+
 
 INSERT = "INSERT INTO new_mail (" + ",".join(f'"{c}"' for c in COLUMNS) + ") VALUES (" \
          + ",".join("?" * len(COLUMNS)) + ")"
@@ -89,12 +94,12 @@ class SQLiteBackend(Backend):
         conn = self.conn
         verdicts = [Verdict.STORED] * len(batch)
         try:
-            conn.executemany(INSERT, (row for pending in batch for row in pending.rows))
+            conn.executemany(INSERT, (plain(row) for pending in batch for row in pending.rows))
         except sqlite3.IntegrityError:
             conn.rollback()
             for index, pending in enumerate(batch):
                 try:
-                    conn.executemany(INSERT, pending.rows)
+                    conn.executemany(INSERT, map(plain, pending.rows))
                 except sqlite3.IntegrityError:
                     verdicts[index] = Verdict.REFUSED
         except BaseException:

@@ -33,6 +33,14 @@ COLUMNS = ("date", "from", "to", "subject", "body", "charset", "mail", "spam_sco
            "has_attach", "message_id")
 
 
+class Blob(tuple):
+    """A bytes column value given as parts (the Received header, then the raw message), so
+    a large message is not copied just to put a header in front of it."""
+
+    def join(self) -> bytes:
+        return b"".join(self)
+
+
 class Verdict(Enum):
     STORED = "stored"            # committed: 250
     TRANSIENT = "transient"      # not stored, try again: 451 4.3.0

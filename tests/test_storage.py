@@ -127,3 +127,21 @@ def test_wrong_credentials_stop_the_start_with_a_clear_message(mysql_store, gsmt
     with pytest.raises(RuntimeError, match=r"exited with 1") as failure:
         gsmtpd_server(mysql_store)
     assert "MySQL refused us" in str(failure.value) and "Access denied" in str(failure.value)
+
+
+def test_every_byte_value_survives_the_round_trip(any_store, gsmtpd_server):
+    """The MySQL statement is built by hand: quotes, backslashes, NUL and 8-bit bytes in the
+    message must come back exactly."""
+    server = gsmtpd_server(any_store)
+    octets = bytes(b for b in range(256) if b not in (10, 13))
+    raw = (b"Subject: bytes\r\nContent-Type: application/octet-stream\r\n\r\n"
+           + b"\r\n".join(octets[i:] + b"\\'\"\x00" for i in range(0, 254, 7)) + b"\r\n")
+    with server.smtp() as client:
+        client.ehlo()
+        client.mail("a@example.org", ["BODY=8BITMIME"])
+        client.rcpt("b@test.org")
+        client.rcpt("c@test.org")
+        assert client.data(raw)[0] == 250
+    rows = any_store.rows()
+    assert len(rows) == 2
+    assert all(bytes(row["mail"]).endswith(b"\r\n\r\n" + raw.split(b"\r\n\r\n", 1)[1]) for row in rows)
