@@ -67,7 +67,7 @@ def test_starttls_with_a_real_handshake_stores_is_tls_and_esmtps(any_store, gsmt
     row = any_store.rows()[0]
     assert row["is_tls"] == 1
     assert b" with ESMTPS id " in bytes(row["mail"])
-    server.wait_log(r"disconnect ip=127\.0\.0\.1 messages=1")
+    server.wait_log(r"disconnect ip=127\.0\.0\.1 tls messages=1")
 
 
 def test_commands_pipelined_behind_starttls_are_discarded(sqlite_store, gsmtpd_server, certificate):
