@@ -14,7 +14,6 @@ import logging
 import socket
 import ssl
 import time
-from collections import Counter
 
 import gevent
 from gevent.server import StreamServer
@@ -22,12 +21,16 @@ from gevent.server import StreamServer
 from . import replies as R
 from .address import AllowedHosts
 from .config import ListenerSpec, listeners
+from .limits import SharedAddressCounts
 from .session import Session, shutting_down
 from .store import Store
 
 log = logging.getLogger("gsmtpd.server")
 
 BACKLOG = 1024
+# Made at import, so a master that imports this module before forking shares it with
+# every worker: the per-address limit holds for the whole server.
+ADDRESS_COUNTS = SharedAddressCounts()
 
 
 def bind(spec: ListenerSpec) -> socket.socket:
@@ -79,7 +82,6 @@ class Server:
         self.bound = bound
         self.listeners: list[StreamServer] = []
         self.sessions: set[Session] = set()
-        self.per_ip: Counter[str] = Counter()
         self.accepting = False
         self.apply(config)
 
@@ -131,15 +133,10 @@ class Server:
 
     def admit(self, ip: str) -> bool:
         """Count a client address; False past max_per_ip. Paired with ``release``."""
-        if self.per_ip[ip] >= self.config.max_per_ip:
-            return False
-        self.per_ip[ip] += 1
-        return True
+        return ADDRESS_COUNTS.admit(ip, self.config.max_per_ip)
 
     def release(self, ip: str) -> None:
-        self.per_ip[ip] -= 1
-        if self.per_ip[ip] <= 0:
-            del self.per_ip[ip]
+        ADDRESS_COUNTS.add(ip, -1)
 
     @staticmethod
     def refuse(sock, ip: str, reply: R.Reply) -> None:

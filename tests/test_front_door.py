@@ -259,12 +259,21 @@ def test_max_clients_answers_421_instead_of_hanging(sqlite_store, gsmtpd_server)
     assert server.raw().reply().startswith("220")
 
 
-def test_per_address_limit(sqlite_store, gsmtpd_server):
-    server = gsmtpd_server(sqlite_store, max_per_ip=2, workers=1)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_per_address_limit(sqlite_store, gsmtpd_server, workers):
+    server = gsmtpd_server(sqlite_store, max_per_ip=2, workers=workers)   # counted across workers
     held = [server.raw() for _ in range(2)]
     assert all(c.reply().startswith("220") for c in held)
-    third = server.raw()
-    assert third.reply() == "421 4.7.0 Too many connections from your address, try again later"
+    # Whichever worker accepts them, more connections from this address are refused.
+    for _ in range(6):
+        extra = server.raw()
+        assert extra.reply() == "421 4.7.0 Too many connections from your address, try again later"
+        assert extra.closed()
+    held[0].command("QUIT")
+    assert held[0].closed()
+    deadline = time.monotonic() + 5
+    while not server.raw().reply().startswith("220"):
+        assert time.monotonic() < deadline, "a closed connection frees its place"
     other = socket.create_connection((server.host, server.port), source_address=("127.0.0.3", 0), timeout=5)
     assert other.recv(100).startswith(b"220"), "another address is not affected"
 
