@@ -55,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot listen for metrics on %s: %s", config.metrics, exc.strerror or exc)
         return close(bound, EXIT_START_FAILED)
     if config.pid_file:
-        write_pid_file(config.pid_file)
+        try:
+            write_pid_file(config.pid_file)
+        except OSError as exc:
+            log.error("cannot write the pid file %s: %s", config.pid_file, exc.strerror or exc)
+            return close(bound, EXIT_START_FAILED)
     try:
         if config.user:
             try:

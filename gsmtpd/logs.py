@@ -22,6 +22,8 @@ TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 # A value runs to the next " key=" (so "reply=250 2.0.0 OK: queued as X" stays whole).
 FIELD = re.compile(r"(?:^|\s)([a-z_]+)=")
 RESERVED = {"time", "level", "logger", "message", "pid", "exc"}
+# Loggers whose lines are made of such fields (others may hold a stray "x=y" in free text).
+FIELD_LOGGERS = {"gsmtpd.session"}
 
 _installed: list[logging.Handler] = []
 
@@ -54,8 +56,9 @@ class JsonFormatter(logging.Formatter):
             "message": message,
             "pid": record.process,
         }
-        for key, value in fields(message).items():
-            entry.setdefault(key, value)
+        if record.name in FIELD_LOGGERS:
+            for key, value in fields(message).items():
+                entry.setdefault(key, value)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

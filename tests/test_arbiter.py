@@ -251,3 +251,15 @@ def test_unknown_user_fails_the_start(sqlite_store, tmp_path):
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert "cannot switch to user no-such-user-here: no such user" in result.stderr
+
+
+def test_ttin_and_ttou_change_the_number_of_workers(sqlite_store, gsmtpd_server):
+    server = gsmtpd_server(sqlite_store, workers=2)
+    first = wait_workers(server, 2)
+    os.kill(server.proc.pid, signal.SIGTTIN)
+    assert set(first) < set(wait_workers(server, 3))
+    os.kill(server.proc.pid, signal.SIGTTOU)
+    server.wait_log(r"SIGTTOU: now 2 workers")
+    left = wait_workers(server, 2)
+    assert first[0] not in left, "the oldest worker goes first"
+    send(server, "after ttou")
