@@ -71,6 +71,11 @@ class Result:
         return self
 
 
+def per_ip(n: Numbers) -> int:
+    """--max-per-ip for a run: every load connection comes from 127.0.0.1."""
+    return max(50, n.concurrency, n.stall_concurrency, n.large) + 50
+
+
 def new_run(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
@@ -117,7 +122,7 @@ class NoMaster(Exception):
 
 def kill_worker(start_server, store, n: Numbers) -> Result:
     """kill -9 one worker under load: the master replaces it, nothing acknowledged is lost."""
-    server = start_server(store, workers=n.workers, save_timeout=n.save_timeout)
+    server = start_server(store, workers=n.workers, save_timeout=n.save_timeout, max_per_ip=per_ip(n))
     workers = workers_of(server.proc.pid, n.workers)
     if len(workers) < n.workers:
         raise NoMaster(f"--workers {n.workers}: found worker processes {workers}")
@@ -146,7 +151,7 @@ def kill_worker(start_server, store, n: Numbers) -> Result:
 def kill_server(start_server, store, n: Numbers) -> Result:
     """kill -9 the master and every worker under load, start a new server on the same store:
     nothing acknowledged is lost; the new server stores mail again."""
-    options = dict(workers=n.workers, save_timeout=n.save_timeout)
+    options = dict(workers=n.workers, save_timeout=n.save_timeout, max_per_ip=per_ip(n))
     server = start_server(store, **options)
     load = Load((server.host, server.port), rate=n.rate, concurrency=n.concurrency,
                 duration=n.seconds * 2 + 2, size=n.size, per_connection=n.per_connection,
@@ -179,7 +184,7 @@ def kill_server(start_server, store, n: Numbers) -> Result:
 def db_outage(start_server, db, store, n: Numbers, crash: bool = False) -> Result:
     """Stop the throwaway MariaDB (clean shutdown, or kill -9 with ``crash``) for
     ``n.outage`` seconds under load, then start it again; gsmtpd is not restarted."""
-    server = start_server(store, workers=1, save_timeout=n.save_timeout)
+    server = start_server(store, workers=1, save_timeout=n.save_timeout, max_per_ip=per_ip(n))
     load = Load((server.host, server.port), rate=n.rate, concurrency=n.concurrency,
                 duration=n.seconds + n.outage + n.seconds + 8, size=n.size,
                 run_id=new_run("outage")).start()
@@ -225,7 +230,8 @@ def codes_of(attempts) -> dict:
 def db_stall(start_server, store, n: Numbers) -> Result:
     """LOCK TABLES new_mail WRITE from another connection for ``n.stall`` seconds under more
     clients than the queue holds: 451 after the save timeout, bounded memory, recovery."""
-    server = start_server(store, workers=1, save_timeout=n.save_timeout, queue_max=n.queue_max)
+    server = start_server(store, workers=1, save_timeout=n.save_timeout, queue_max=n.queue_max,
+                          max_per_ip=per_ip(n))
     watch = RssWatch(server.proc.pid).start()
     load = Load((server.host, server.port), rate=n.rate, concurrency=n.stall_concurrency,
                 duration=n.seconds + n.stall + n.seconds + 6, size=n.stall_size,
@@ -273,7 +279,7 @@ def db_stall(start_server, store, n: Numbers) -> Result:
 
 def sigterm(start_server, store, n: Numbers) -> Result:
     """TERM under load: exit status 0, every 250 has its row, no 250 after the exit."""
-    server = start_server(store, workers=n.workers, save_timeout=n.save_timeout)
+    server = start_server(store, workers=n.workers, save_timeout=n.save_timeout, max_per_ip=per_ip(n))
     load = Load((server.host, server.port), rate=n.rate, concurrency=n.concurrency,
                 duration=n.seconds + 6, size=n.size, per_connection=n.per_connection,
                 run_id=new_run("sigterm")).start()

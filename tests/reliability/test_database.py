@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from gsmtpd.store import Pending
+
 from .scenarios import Numbers, db_outage, db_stall
 
 N = Numbers()
@@ -62,7 +64,12 @@ def test_locked_table_gets_451_bounded_memory_and_recovers(mysql_store, gsmtpd_s
     assert result.recovered_after is not None and result.recovered_after <= 6.0
 
 
-@pytest.mark.xfail(strict=True, reason=(
+# The bug is being fixed in gsmtpd/store.py (Pending gets a deadline, the writer only claims
+# a message with time left): the strict xfail holds for a store without that fix.
+FIXED = "deadline" in getattr(Pending, "__dataclass_fields__", {})
+
+
+@pytest.mark.xfail(not FIXED, strict=True, reason=(
     "Store.save() bounds only the wait in the queue: a message the writer has claimed "
     "(state WRITING) waits on pending.result.get() with no deadline, and the writer's blocking "
     "calls are each bounded by PyMySQL read_timeout = save_timeout; after the INSERT times out, "
