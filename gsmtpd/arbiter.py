@@ -78,7 +78,6 @@ class Arbiter:
         self.workers: dict[int, WorkerInfo] = {}
         self.generation = 0
         self.failures = 0                # deaths in a row, for the backoff
-        self.last_death = 0.0
         self.spawn_after = 0.0
         self.stopping = False
         self.exit_status = EXIT_OK
