@@ -19,6 +19,7 @@ from .store import (COLUMNS, Backend, Blob, Pending, RowRefused, StoreMisconfigu
 
 log = logging.getLogger("gsmtpd.store.mysql")
 
+HASH = COLUMNS.index("hash")
 INSERT_PREFIX = ("INSERT INTO `new_mail` (" + ",".join(f"`{c}`" for c in COLUMNS) + ") VALUES ").encode()
 # Room for the INSERT prefix and the packet header inside max_allowed_packet.
 PACKET_SLACK = 4096
@@ -76,15 +77,20 @@ class MySQLBackend(Backend):
         self.conn: pymysql.connections.Connection | None = None
         self.max_packet = 16 << 20
         self.last_used = 0.0
+        self.schema_ready = False    # CREATE TABLE once: on reconnects it would wait on locks
 
-    def connect(self) -> None:
+    def connect(self, timeout: float | None = None) -> None:
+        """Open a connection; ``timeout`` overrides the connect and read timeouts."""
         self.close()
+        params = self.params if timeout is None else {
+            **self.params, "connect_timeout": timeout, "read_timeout": timeout, "write_timeout": timeout}
         try:
-            conn = pymysql.connect(**self.params)
+            conn = pymysql.connect(**params)
             with conn.cursor() as cur:
                 # Backslash escapes on (quote_bytes relies on it), strict: no silent truncation.
                 cur.execute("SET SESSION sql_mode = 'STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION'")
-                cur.execute(resources.files("gsmtpd").joinpath("schema.sql").read_text())
+                if not self.schema_ready:
+                    cur.execute(resources.files("gsmtpd").joinpath("schema.sql").read_text())
                 cur.execute("SELECT @@max_allowed_packet")
                 self.max_packet = int(cur.fetchone()[0])
             conn.commit()
@@ -96,6 +102,7 @@ class MySQLBackend(Backend):
         except OSError as exc:
             raise StoreUnreachable(f"cannot connect to MySQL: {exc}") from exc
         self.conn = conn
+        self.schema_ready = True
         self.last_used = time.monotonic()
 
     def close(self) -> None:
@@ -108,8 +115,11 @@ class MySQLBackend(Backend):
 
     def write(self, batch: list[Pending]) -> list[Verdict]:
         verdicts = [Verdict.STORED] * len(batch)
-        if time.monotonic() - self.last_used > IDLE_PING_SECONDS:
+        if self.conn is None:
+            self.connect()
+        elif time.monotonic() - self.last_used > IDLE_PING_SECONDS:
             self._revive()
+        committing = False
         try:
             try:
                 self._insert(batch, verdicts)
@@ -118,11 +128,35 @@ class MySQLBackend(Backend):
                 # cannot tell which message it was: redo the batch one message per statement.
                 self.conn.rollback()
                 self._insert_one_by_one(batch, verdicts)
+            committing = True
             self.conn.commit()
         except (pymysql.err.MySQLError, OSError) as exc:
+            if committing and self._was_committed(batch, verdicts):
+                log.warning("the COMMIT's answer was lost but the rows are there: %s", exc)
+                return verdicts
             raise TransientError(str(exc)) from exc
         self.last_used = time.monotonic()
         return verdicts
+
+    def _was_committed(self, batch: list[Pending], verdicts: list[Verdict]) -> bool:
+        """The connection broke after COMMIT was sent: did it happen? One quick look on a
+        fresh connection turns a would-be 451 (and a duplicate when the client retries)
+        into the 250 it deserves. Any doubt left: False, and the sessions get 451."""
+        hashes = [p.rows[0][HASH] for p, v in zip(batch, verdicts) if v is Verdict.STORED and p.rows]
+        if not hashes:
+            return False
+        try:
+            self.connect(timeout=1)
+            with self.conn.cursor() as cur:
+                cur.execute("SELECT COUNT(*) FROM new_mail WHERE hash IN %s", (hashes,))
+                found = cur.fetchone()[0]
+            self.conn.commit()
+        except (TransientError, pymysql.err.MySQLError, OSError):
+            return False
+        finally:
+            self.close()     # its timeouts are short; the next write opens a normal one
+        # One transaction: all of the batch's rows are there, or none.
+        return found == len(hashes)
 
     def _revive(self) -> None:
         try:

@@ -44,6 +44,16 @@ def plain(row: tuple) -> tuple:
     return tuple(value.join() if isinstance(value, Blob) else value for value in row)
 
 
+_FAILED = object()
+
+
+def _capture(func, *args):
+    try:
+        return None, func(*args)
+    except Exception as exc:  # handed back to the greenlet, which raises it
+        return _FAILED, exc
+
+
 INSERT = "INSERT INTO new_mail (" + ",".join(f'"{c}"' for c in COLUMNS) + ") VALUES (" \
          + ",".join("?" * len(COLUMNS)) + ")"
 
@@ -55,7 +65,12 @@ class SQLiteBackend(Backend):
         self.conn: sqlite3.Connection | None = None
 
     def _in_thread(self, func, *args):
-        return get_hub().threadpool.apply(func, args)
+        """Run in gevent's thread pool. Errors travel back as values: raised inside the
+        pool, gevent would also print them to stderr as if they were unhandled."""
+        outcome, value = get_hub().threadpool.apply(_capture, (func, *args))
+        if outcome is _FAILED:
+            raise value
+        return value
 
     def connect(self) -> None:
         self.close()

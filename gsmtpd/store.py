@@ -77,6 +77,7 @@ QUEUED, WRITING, CANCELLED = range(3)
 @dataclass(eq=False, slots=True)
 class Pending:
     rows: list[tuple]
+    deadline: float              # monotonic time by which its session must have a verdict
     state: int = QUEUED
     result: AsyncResult = field(default_factory=AsyncResult)
 
@@ -89,7 +90,11 @@ class Backend:
     def close(self) -> None: ...
 
 
-def open_backend(url: str, timeout: float) -> Backend:
+def open_backend(url: str, save_timeout: float) -> Backend:
+    """The backend for a store URL. Each database call may block for half the save timeout:
+    the writer only takes a message that has at least that long left (Store._next_batch),
+    so a session has its verdict within save_timeout even when the database stalls."""
+    timeout = save_timeout / 2
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         from .sqlite_store import SQLiteBackend
@@ -163,8 +168,8 @@ class Store:
 
     def save(self, rows: list[tuple]) -> Verdict:
         """Queue the message's rows and wait for the writer's verdict (bounded by save_timeout)."""
-        pending = Pending(rows)
         deadline = time.monotonic() + self.save_timeout
+        pending = Pending(rows, deadline)
         try:
             self.queue.put(pending, timeout=self.save_timeout)
             metrics.M.queue_depth.set(self.queue.qsize())
@@ -177,7 +182,8 @@ class Store:
                 pending.state = CANCELLED
                 log.warning("save timed out after %.1fs in the queue: answering 451", self.save_timeout)
                 return Verdict.TRANSIENT
-            # The writer holds it: its verdict is bounded by the database timeouts.
+            # The writer holds it and took it with half the save timeout left, the most
+            # a database call may block: the verdict comes in time.
             verdict = pending.result.get()
         return verdict
 
@@ -199,10 +205,17 @@ class Store:
                 break
         metrics.M.queue_depth.set(self.queue.qsize())
         claimed = []
+        latest_start = time.monotonic() + self.save_timeout / 2
         for pending in batch:
-            if pending.state == QUEUED:
-                pending.state = WRITING
-                claimed.append(pending)
+            if pending.state != QUEUED:
+                continue
+            if pending.deadline < latest_start:
+                # Too little time left to be sure of a verdict before its session's deadline.
+                pending.state = CANCELLED
+                pending.result.set(Verdict.TRANSIENT)
+                continue
+            pending.state = WRITING
+            claimed.append(pending)
         return claimed
 
     def _write(self, batch: list[Pending]) -> None:

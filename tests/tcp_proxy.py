@@ -19,6 +19,14 @@ class TcpProxy:
         self.listener: socket.socket | None = None
         self.connections: list[socket.socket] = []
         self.lock = threading.Lock()
+        self.cut_pattern: bytes | None = None
+        self.cut_done = threading.Event()
+
+    def cut_after(self, pattern: bytes) -> None:
+        """The next time the client sends ``pattern``, pass it on, then drop the connection
+        before the server's answer gets back (a COMMIT whose reply is lost)."""
+        self.cut_done.clear()
+        self.cut_pattern = pattern
 
     def start(self) -> None:
         listener = socket.socket()
@@ -46,6 +54,14 @@ class TcpProxy:
                 conn.close()
             self.connections.clear()
 
+    def _cut(self, *socks: socket.socket) -> None:
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.cut_done.set()
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
@@ -60,16 +76,23 @@ class TcpProxy:
             upstream.settimeout(None)
             with self.lock:
                 self.connections += [client, upstream]
-            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+            link = {"cut": False}
+            threading.Thread(target=self._pipe, args=(client, upstream, link, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, link, False), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, link: dict, outbound: bool) -> None:
         try:
             while True:
                 data = source.recv(65536)
-                if not data:
+                if not data or link["cut"]:
                     break
+                pattern = self.cut_pattern
+                if outbound and pattern is not None and pattern in data:
+                    self.cut_pattern = None
+                    link["cut"] = True       # the answer will not be passed back
+                    sink.sendall(data)
+                    threading.Timer(0.5, self._cut, args=(source, sink)).start()
+                    return
                 sink.sendall(data)
         except OSError:
             pass
