@@ -105,6 +105,9 @@ class MySQLBackend(Backend):
         self.schema_ready = True
         self.last_used = time.monotonic()
 
+    def row_limit(self) -> int:
+        return self.max_packet - PACKET_SLACK
+
     def close(self) -> None:
         if self.conn is not None:
             try:

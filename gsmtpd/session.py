@@ -399,6 +399,10 @@ class Session:
         self.reply(reply)
 
     def deliver(self, envelope: Envelope, message: bytes) -> R.Reply:
+        if self.server.store.cannot_hold(len(message)):
+            log.info("refused ip=%s from=<%s> size=%d reply=552 too big for the store", self.ip,
+                     envelope.sender, len(message))
+            return R.TOO_BIG_TO_STORE
         queue_id = new_queue_id()
         now = time.time()
         rows = build_rows(envelope, message, queue_id=queue_id, now=now, ip=self.ip,

@@ -89,6 +89,10 @@ class Backend:
     def write(self, batch: list[Pending]) -> list[Verdict]: ...
     def close(self) -> None: ...
 
+    def row_limit(self) -> int | None:
+        """Bytes one row may take on the wire, when the database has such a limit."""
+        return None
+
 
 def open_backend(url: str, save_timeout: float) -> Backend:
     """The backend for a store URL. Each database call may block for half the save timeout:
@@ -165,6 +169,12 @@ class Store:
         return self.queue.qsize()
 
     # --- the session side
+
+    def cannot_hold(self, size: int) -> bool:
+        """A message this big could never fit in a row: refuse it before the work (and the
+        memory) of building rows that the database would refuse anyway."""
+        limit = self.backend.row_limit()
+        return limit is not None and size > limit
 
     def save(self, rows: list[tuple]) -> Verdict:
         """Queue the message's rows and wait for the writer's verdict (bounded by save_timeout)."""
