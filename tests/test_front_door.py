@@ -420,3 +420,17 @@ def test_a_hostile_client_does_not_slow_the_others(sqlite_store, gsmtpd_server):
     finally:
         stop.set()
         thread.join(10)
+
+
+def test_long_text_lines_in_data_are_stored_unchanged(any_store, gsmtpd_server):
+    """RFC 5321 4.5.3.1.6 allows 1000 octets per text line; longer lines happen in real mail
+    and are kept as they came (the message is never silently altered), up to --max-size."""
+    server = gsmtpd_server(any_store)
+    long_lines = b"A" * 5000 + b"\r\n" + b"b" * 200000 + b"\r\n"
+    raw = b"Subject: long lines\r\n\r\n" + long_lines
+    with server.smtp() as client:
+        client.ehlo()
+        client.mail("a@example.org")
+        client.rcpt("b@test.org")
+        assert client.data(raw)[0] == 250
+    assert bytes(any_store.rows()[0]["mail"]).endswith(b"\r\n\r\n" + long_lines)

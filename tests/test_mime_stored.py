@@ -67,3 +67,52 @@ def test_corpus_lands_in_mysql_as_expected(mysql_store, gsmtpd_server, prefer):
         if not name.startswith("bare_lf") and not bytes(row["mail"]).endswith(raw):
             mismatches.append(f"{name}: raw mail not kept byte for byte")
     assert not mismatches, "\n".join(mismatches)
+
+
+def _bench_messages():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_mime", Path(__file__).parent.parent / "bench" / "bench_mime.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.PATHOLOGICAL
+
+
+@pytest.mark.parametrize("name,build", sorted(_bench_messages().items()))
+def test_hostile_message_is_stored_while_other_sessions_keep_answering(mysql_store, gsmtpd_server, name, build):
+    """While a pathological message goes through framing, MIME and storage, a NOOP on
+    another connection keeps getting answered. The issue asks for 100 ms; bench/bench_mime.py
+    measures parse cost (a few ms), and here we only catch a real stall (1 s) so that a
+    loaded CI machine does not make the test flaky."""
+    import threading
+    import time
+    server = gsmtpd_server(mysql_store, workers=1, max_size=50 << 20)
+    watcher = server.raw()
+    watcher.reply()
+    stop = threading.Event()
+    worst = [0.0]
+
+    def watch():
+        while not stop.is_set():
+            started = time.monotonic()
+            assert watcher.command("NOOP") == "250 2.0.0 OK"
+            worst[0] = max(worst[0], time.monotonic() - started)
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    try:
+        client = server.raw()
+        client.reply()
+        client.command("EHLO hostile.test")
+        client.command("MAIL FROM:<h@example.org>")
+        client.command("RCPT TO:<victim@test.org>")
+        assert client.command("DATA").startswith("354")
+        client.send(dot_stuff(build()))
+        assert QUEUED.match(client.reply())
+    finally:
+        stop.set()
+        thread.join(30)
+    print(f"{name}: worst NOOP round trip {worst[0] * 1000:.1f} ms")
+    assert worst[0] < 1.0, f"{name}: a NOOP waited {worst[0]:.3f}s"
+    row = mysql_store.rows()[0]
+    assert row["size"] == len(build()) + (0 if build().endswith(b"\r\n") else 2)
