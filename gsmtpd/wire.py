@@ -52,9 +52,14 @@ class Wire:
 
     def flush(self) -> None:
         if self.out:
-            data = b"".join(self.out)
+            data = b"".join(self.out) if len(self.out) > 1 else self.out[0]
             self.out.clear()
-            self.sock.sendall(data)
+            # Replies are small and the socket buffer is nearly always free: one plain
+            # send() does it. gevent's sendall() costs a getsockopt() per call (the bench
+            # profile showed it), so it is only the fallback for a partial send.
+            sent = self.sock.send(data)
+            if sent < len(data):
+                self.sock.sendall(data[sent:])
 
     # --- input
 
