@@ -38,7 +38,8 @@ from gevent.queue import Empty, Queue
 from . import config as configuration
 from . import logs, metrics, notify
 from .server import announce, bind
-from .worker import READY, Worker, die_with_parent, new_heartbeat, read_heartbeat, send_message, set_title
+from .worker import (READY, Worker, die_with_parent, new_heartbeat, read_heartbeat, reload_config,
+                     send_message, set_title)
 
 log = logging.getLogger("gsmtpd.arbiter")
 
@@ -147,12 +148,9 @@ class Arbiter:
             log.info("SIGTTOU: now %d workers", self.config.workers)
 
     def handle_hup(self) -> None:
-        try:
-            config = configuration.load(self.argv)
-        except configuration.ConfigError as exc:
-            log.error("reload failed, keeping the running configuration: %s", "; ".join(exc.problems))
+        config = reload_config(self.argv)
+        if config is None:
             return
-        notify.notify("RELOADING=1")
         try:
             if config.workers == 1:
                 config = config.replace(workers=self.config.workers)

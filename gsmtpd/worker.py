@@ -47,6 +47,18 @@ HEARTBEAT = struct.Struct("dB")
 BOOTING, READY = 0, 1
 
 
+def reload_config(argv: list[str] | None):
+    """HUP: the configuration read again, or None (logged) when it does not validate and
+    the running one stays. Tells systemd a reload is under way."""
+    try:
+        config = configuration.load(argv)
+    except configuration.ConfigError as exc:
+        log.error("reload failed, keeping the running configuration: %s", "; ".join(exc.problems))
+        return None
+    notify.notify("RELOADING=1")
+    return config
+
+
 def new_heartbeat() -> mmap.mmap:
     beat = mmap.mmap(-1, HEARTBEAT.size)
     HEARTBEAT.pack_into(beat, 0, time.monotonic(), BOOTING)
@@ -201,12 +213,9 @@ class Worker:
 
     def reload(self) -> None:
         """HUP without a master: read the configuration again; keep the old one if it is bad."""
-        try:
-            config = configuration.load(self.argv)
-        except configuration.ConfigError as exc:
-            log.error("reload failed, keeping the running configuration: %s", "; ".join(exc.problems))
+        config = reload_config(self.argv)
+        if config is None:
             return
-        notify.notify("RELOADING=1")
         try:
             kept = {"listen": self.config.listen, "port": self.config.port, "store": self.config.store,
                     "user": self.config.user}

@@ -162,7 +162,7 @@ def test_hup_with_a_bad_config_keeps_the_old_one(sqlite_store, daemon):
     workers = wait_workers(server, 2)
     server.config_path.write_text('listen = "127.0.0.1"\nport = 0\nallowed_hosts = ["new.test"]\nmax_size = "big"\n')
     server.proc.send_signal(signal.SIGHUP)
-    server.wait_log(r"ERROR gsmtpd\.arbiter: reload failed, keeping the running configuration: .*max_size")
+    server.wait_log(r"ERROR gsmtpd\.worker: reload failed, keeping the running configuration: .*max_size")
     client = server.raw()
     assert client.reply().startswith("220") and client.command("EHLO c").startswith("250")
     assert client.command("MAIL FROM:<a@example.org>").startswith("250")
