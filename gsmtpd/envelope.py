@@ -25,7 +25,6 @@ class Recipient:
 class Envelope:
     sender: str                                   # MAIL FROM address, '' for <>
     smtputf8: bool = False
-    body_type: str = "7BIT"
     recipients: list[Recipient] = field(default_factory=list)
 
 

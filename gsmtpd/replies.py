@@ -38,7 +38,6 @@ def multiline(code: int, lines: list[str]) -> Reply:
 
 
 # --- 2xx
-OK = reply(250, "2.0.0", "OK")
 SENDER_OK = reply(250, "2.1.0", "Sender OK")
 RECIPIENT_OK = reply(250, "2.1.5", "Recipient OK")
 RESET_OK = reply(250, "2.0.0", "Reset OK")
@@ -98,7 +97,6 @@ BAD_RECIPIENT = reply(501, "5.1.3", "Bad recipient address syntax")
 NO_ARGUMENTS = reply(501, "5.5.4", "This command takes no arguments")
 BAD_PARAMETER = reply(555, "5.5.4", "MAIL/RCPT parameter not recognized or not implemented")
 UTF8_NEEDS_SMTPUTF8 = reply(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter")
-NOT_IMPLEMENTED = reply(502, "5.5.1", "Command not implemented")
 NEED_HELO = reply(503, "5.5.1", "Send HELO or EHLO first")
 NEED_MAIL = reply(503, "5.5.1", "Need MAIL command first")
 NEED_RCPT = reply(503, "5.5.1", "Need RCPT command first")

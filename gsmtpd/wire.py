@@ -42,7 +42,6 @@ class Wire:
         self.sock = sock
         self.buf = bytearray()
         self.out: list[bytes] = []
-        self.bytes_in = 0
         self.waiting = False         # blocked in recv with every reply sent
 
     # --- output
@@ -77,7 +76,6 @@ class Wire:
             raise ConnectionClosed()
         if time.monotonic() > deadline:
             raise Expired()
-        self.bytes_in += len(chunk)
         return chunk
 
     def discard_input(self) -> None:
