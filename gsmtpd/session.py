@@ -268,8 +268,14 @@ class Session:
         if isinstance(attributes, R.Reply):
             self.reply(attributes)
             return
-        if "ADDR" in attributes:
+        if "ADDR" in attributes and attributes["ADDR"] != self.ip:
+            # The per-address limit follows the real client, as it does after PROXY.
+            self.server.release(self.ip)
+            self.admitted = False
             self.ip = attributes["ADDR"]
+            if not self.server.admit(self.ip):
+                raise Hangup(R.TOO_MANY_FROM_YOU)
+            self.admitted = True
         # Postfix XCLIENT_README: the session starts over with a new greeting.
         self.xclient_helo = attributes.get("HELO")
         self.helo, self.esmtp, self.envelope = None, False, None

@@ -434,3 +434,15 @@ def test_long_text_lines_in_data_are_stored_unchanged(any_store, gsmtpd_server):
         client.rcpt("b@test.org")
         assert client.data(raw)[0] == 250
     assert bytes(any_store.rows()[0]["mail"]).endswith(b"\r\n\r\n" + long_lines)
+
+
+def test_xclient_moves_the_per_address_count_to_the_real_client(sqlite_store, gsmtpd_server):
+    server = gsmtpd_server(sqlite_store, trusted_networks="127.0.0.0/8", max_per_ip=1, workers=1)
+    proxy = server.raw()
+    proxy.reply()
+    assert proxy.command("XCLIENT ADDR=192.0.2.44").startswith("220")
+    second = server.raw()
+    assert second.reply().startswith("220"), "127.0.0.1's place was given back"
+    assert second.command("XCLIENT ADDR=192.0.2.44") == \
+        "421 4.7.0 Too many connections from your address, try again later"
+    assert second.closed()
