@@ -4,16 +4,20 @@
 connections to whichever worker accepts first. The counts live in anonymous shared memory
 made at import, so the master makes it before forking and every worker sees the same
 table. Each process owns one row (claimed by its pid) and only ever writes its own row, so
-no lock is needed and a worker killed with SIGKILL cannot leave a lock held; a reader sums
-one column over the rows. A dead process's row is reclaimed by the next worker.
+counting needs no lock; a reader sums one column over the rows. Claiming a row, once per
+process, takes a POSIX record lock on the table's (unlinked) file: the kernel drops such a
+lock when its holder dies, so a worker killed with SIGKILL cannot leave it held. A dead
+process's row is reclaimed by the next worker.
 
 Addresses are hashed into SLOTS columns; two addresses that share a slot share a count,
 which can only make the limit stricter for them, never looser.
 """
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
+import tempfile
 import zlib
 
 ROWS = 128          # processes that can count at once (workers plus replacements)
@@ -25,7 +29,11 @@ class SharedAddressCounts:
     def __init__(self, rows: int = ROWS, slots: int = SLOTS):
         self.rows = rows
         self.width = slots + _HEADER
-        self.memory = mmap.mmap(-1, rows * self.width * 4, flags=mmap.MAP_SHARED)
+        size = rows * self.width * 4
+        # A file (unlinked at once) rather than anonymous memory: lockf() needs one.
+        self.file = tempfile.TemporaryFile(prefix="gsmtpd-limits-")
+        self.file.truncate(size)
+        self.memory = mmap.mmap(self.file.fileno(), size, flags=mmap.MAP_SHARED)
         self.table = memoryview(self.memory).cast("i")
         self.row: int | None = None
         self.owner = 0
@@ -36,17 +44,21 @@ class SharedAddressCounts:
     def _own_row(self) -> int:
         """This process's row, claimed on first use (and again after a fork)."""
         pid = os.getpid()
-        if self.owner == pid and self.row is not None and self.table[self.row * self.width] == pid:
+        if self.owner == pid and self.row is not None:
             return self.row
-        for row in range(self.rows):
-            start = row * self.width
-            holder = self.table[start]
-            if holder == pid or holder == 0 or not _alive(holder):
-                self.table[start:start + self.width] = memoryview(bytes(self.width * 4)).cast("i")
-                self.table[start] = pid
-                if self.table[start] == pid:
+        # Two workers starting together must not both take the same free row.
+        fcntl.lockf(self.file.fileno(), fcntl.LOCK_EX)
+        try:
+            for row in range(self.rows):
+                start = row * self.width
+                holder = self.table[start]
+                if holder == 0 or not _alive(holder):
+                    self.table[start:start + self.width] = memoryview(bytes(self.width * 4)).cast("i")
+                    self.table[start] = pid
                     self.row, self.owner = row, pid
                     return row
+        finally:
+            fcntl.lockf(self.file.fileno(), fcntl.LOCK_UN)
         raise RuntimeError("no free row in the shared connection table")
 
     def count(self, ip: str, verify: bool = False) -> int:
@@ -62,10 +74,19 @@ class SharedAddressCounts:
             if not holder or table[start + slot] <= 0:
                 continue
             if verify and holder != os.getpid() and not _alive(holder):
-                table[start] = 0
+                self._free(start, holder)
                 continue
             total += table[start + slot]
         return total
+
+    def _free(self, start: int, dead: int) -> None:
+        """Forget a dead process's row, unless a new process has claimed it meanwhile."""
+        fcntl.lockf(self.file.fileno(), fcntl.LOCK_EX)
+        try:
+            if self.table[start] == dead:
+                self.table[start] = 0
+        finally:
+            fcntl.lockf(self.file.fileno(), fcntl.LOCK_UN)
 
     def admit(self, ip: str, limit: int) -> bool:
         """Count one more connection from ``ip`` unless it already has ``limit``."""

@@ -389,13 +389,16 @@ class Session:
         envelope, self.envelope = self.envelope, None
         self.reply(R.START_DATA)
         # RFC 5321 4.5.3.2.5-6: a deadline for each read and one for the whole DATA phase.
+        keep = self.server.store.largest_message(self.config.max_size)
         try:
-            data = self.wire.read_data(self.config.max_size, self.config.data_timeout, self.config.bare_lf)
+            data = self.wire.read_data(keep, self.config.data_timeout, self.config.bare_lf)
         except (socket.timeout, Expired):
             raise Hangup(R.DATA_TIMEOUT, discard_queued=True) from None
         if data.message is None:
-            log.info("refused ip=%s from=<%s> size=%d reply=552 too big", self.ip, envelope.sender, data.size)
-            reply = R.TOO_BIG
+            # RFC 1870 6.1: over the advertised SIZE; or within it but more than the
+            # database takes in one row (max_allowed_packet).
+            reply = R.TOO_BIG if data.size > self.config.max_size else R.TOO_BIG_TO_STORE
+            log.info("refused ip=%s from=<%s> size=%d reply=%s", self.ip, envelope.sender, data.size, reply.text)
         elif data.bare_lf and self.config.bare_lf == "reject":
             log.info("refused ip=%s from=<%s> size=%d reply=550 bare LF", self.ip, envelope.sender, data.size)
             reply = R.BARE_LF
@@ -405,10 +408,6 @@ class Session:
         self.reply(reply)
 
     def deliver(self, envelope: Envelope, message: bytes) -> R.Reply:
-        if self.server.store.cannot_hold(len(message)):
-            log.info("refused ip=%s from=<%s> size=%d reply=552 too big for the store", self.ip,
-                     envelope.sender, len(message))
-            return R.TOO_BIG_TO_STORE
         queue_id = new_queue_id()
         now = time.time()
         rows = build_rows(envelope, message, queue_id=queue_id, now=now, ip=self.ip,

@@ -166,11 +166,12 @@ class Store:
 
     # --- the session side
 
-    def cannot_hold(self, size: int) -> bool:
-        """A message this big could never fit in a row: refuse it before the work (and the
-        memory) of building rows that the database would refuse anyway."""
+    def largest_message(self, max_size: int) -> int:
+        """The most a session should keep of a message: its size limit, or less when the
+        database could never hold a row that big. Past it the rest is read and dropped,
+        so an unstorable message costs no memory (nor MIME work) before its 552."""
         limit = self.backend.row_limit()
-        return limit is not None and size > limit
+        return max_size if limit is None else min(max_size, limit)
 
     def save(self, rows: list[tuple]) -> Verdict:
         """Queue the message's rows and wait for the writer's verdict (bounded by save_timeout)."""
