@@ -234,6 +234,14 @@ class RawClient:
         self.send((line.encode() if isinstance(line, str) else line) + b"\r\n")
         return self.reply()
 
+    def start_data(self, helo: str = "HELO c", sender: str = "a@example.org", rcpt: str = "b@test.org") -> None:
+        """Greeting, HELO, MAIL, RCPT and DATA, each answered as expected: ready for content."""
+        assert self.reply().startswith("220 ")
+        assert self.command(helo).startswith("250")
+        assert self.command(f"MAIL FROM:<{sender}>") == "250 2.1.0 Sender OK"
+        assert self.command(f"RCPT TO:<{rcpt}>") == "250 2.1.5 Recipient OK"
+        assert self.command("DATA").startswith("354 ")
+
     def closed(self, timeout: float = 5.0) -> bool:
         """True when the server has closed the connection (after anything still buffered)."""
         self.sock.settimeout(timeout)

@@ -111,11 +111,7 @@ def test_relaying_is_denied_and_nothing_stored(sqlite_store, gsmtpd_server):
 def test_dot_stuffing_is_undone_and_crlf_kept(any_store, gsmtpd_server):
     server = gsmtpd_server(any_store)
     client = server.raw()
-    client.reply()
-    client.command("HELO c")
-    client.command("MAIL FROM:<a@example.org>")
-    client.command("RCPT TO:<b@test.org>")
-    client.command("DATA")
+    client.start_data()
     wire = b"Subject: dots\r\n\r\n..leading dot\r\n...two\r\n.\r\n"
     assert QUEUED.match(client.command(wire[:-2]))
     mail = bytes(any_store.rows()[0]["mail"])

@@ -307,11 +307,7 @@ def test_slow_drip_command_is_cut_off_by_its_deadline(sqlite_store, gsmtpd_serve
 def test_slow_drip_data_is_cut_off_by_the_data_deadline(sqlite_store, gsmtpd_server):
     server = gsmtpd_server(sqlite_store, timeout=3, data_timeout=2)
     client = server.raw()
-    client.reply()
-    client.command("HELO c")
-    client.command("MAIL FROM:<a@example.org>")
-    client.command("RCPT TO:<b@test.org>")
-    assert client.command("DATA").startswith("354")
+    client.start_data()
     started = time.monotonic()
     try:
         for _ in range(30):
@@ -351,11 +347,7 @@ def test_early_talker_rejected_when_configured(sqlite_store, gsmtpd_server):
 def test_bare_lf_in_content(sqlite_store, gsmtpd_server, mode, expected):
     server = gsmtpd_server(sqlite_store, bare_lf=mode)
     client = server.raw()
-    client.reply()
-    client.command("HELO c")
-    client.command("MAIL FROM:<a@example.org>")
-    client.command("RCPT TO:<b@test.org>")
-    client.command("DATA")
+    client.start_data()
     assert client.command(b"Subject: lf\r\n\r\nline one\nline two\r\n.").startswith(expected)
     if mode == "normalize":
         assert bytes(sqlite_store.rows()[0]["mail"]).endswith(b"\r\n\r\nline one\r\nline two\r\n")

@@ -102,11 +102,7 @@ def test_hostile_message_is_stored_while_other_sessions_keep_answering(mysql_sto
     thread.start()
     try:
         client = server.raw()
-        client.reply()
-        client.command("EHLO hostile.test")
-        client.command("MAIL FROM:<h@example.org>")
-        client.command("RCPT TO:<victim@test.org>")
-        assert client.command("DATA").startswith("354")
+        client.start_data("EHLO hostile.test", "h@example.org", "victim@test.org")
         client.send(dot_stuff(build()))
         assert QUEUED.match(client.reply())
     finally:
