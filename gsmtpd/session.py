@@ -211,21 +211,24 @@ class Session:
     # --- greeting and state
 
     def smtp_HELO(self, argument: str) -> None:
-        name = parse_helo(argument)
-        if name is None:
-            self.reply(R.HELO_SYNTAX)
-            return
-        self.helo, self.esmtp, self.envelope = self.xclient_helo or name, False, None
-        self.reply(R.helo_ok(self.config.hostname, name))
+        name = self.hello(argument, esmtp=False)
+        if name is not None:
+            self.reply(R.helo_ok(self.config.hostname, name))
 
     def smtp_EHLO(self, argument: str) -> None:
+        name = self.hello(argument, esmtp=True)
+        if name is not None:
+            self.reply(R.ehlo_ok(self.config.hostname, name, self.extensions()))
+
+    def hello(self, argument: str, esmtp: bool) -> str | None:
+        """HELO/EHLO: the name given starts the session afresh (RFC 5321 4.1.4: even in
+        the middle of a transaction); without one, a syntax reply and None."""
         name = parse_helo(argument)
         if name is None:
-            self.reply(R.EHLO_SYNTAX)
-            return
-        # RFC 5321 4.1.4: EHLO in the middle of a transaction resets it.
-        self.helo, self.esmtp, self.envelope = self.xclient_helo or name, True, None
-        self.reply(R.ehlo_ok(self.config.hostname, name, self.extensions()))
+            self.reply(R.EHLO_SYNTAX if esmtp else R.HELO_SYNTAX)
+            return None
+        self.helo, self.esmtp, self.envelope = self.xclient_helo or name, esmtp, None
+        return name
 
     def extensions(self) -> list[str]:
         extensions = [f"SIZE {self.config.max_size}", "PIPELINING", "8BITMIME", "SMTPUTF8",
