@@ -55,7 +55,13 @@ class MySQLStore:
             conn.close()
 
     def count(self) -> int:
-        return len(self.rows())
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT COUNT(*) FROM new_mail")
+                return cur.fetchone()[0]
+        finally:
+            conn.close()
 
 
 class SQLiteStore:

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from conftest import MySQLStore
+
 INSTALL_DB = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
 MARIADBD = (shutil.which("mariadbd") or shutil.which("mysqld")
             or next((p for p in ("/usr/sbin/mariadbd", "/usr/sbin/mysqld") if os.access(p, os.X_OK)), None))
@@ -152,9 +154,9 @@ class ThrowawayMariaDB:
             return ""
 
 
-class ThrowawayStore:
-    """A database on a ThrowawayMariaDB, shaped like conftest's MySQLStore (url, connect,
-    rows, count) so the gsmtpd_server fixture and the checker take either."""
+class ThrowawayStore(MySQLStore):
+    """A database on a ThrowawayMariaDB: conftest's MySQLStore (url, connect, rows, count)
+    pointed at our own server, so the gsmtpd_server fixture and the checker take either."""
 
     def __init__(self, server: ThrowawayMariaDB, database: str):
         self.server = server
@@ -164,22 +166,3 @@ class ThrowawayStore:
 
     def connect(self):
         return self.server.connect(self.database)
-
-    def rows(self, where: str = "1", args: tuple = ()) -> list[dict]:
-        import pymysql.cursors
-        conn = self.connect()
-        try:
-            with conn.cursor(pymysql.cursors.DictCursor) as cur:
-                cur.execute(f"SELECT * FROM new_mail WHERE {where} ORDER BY mail_id", args)
-                return list(cur.fetchall())
-        finally:
-            conn.close()
-
-    def count(self) -> int:
-        conn = self.connect()
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT COUNT(*) FROM new_mail")
-                return cur.fetchone()[0]
-        finally:
-            conn.close()
