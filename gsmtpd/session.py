@@ -54,7 +54,7 @@ def shutting_down() -> Hangup:
 
 class Session:
     def __init__(self, sock, address, server, listener: ListenerSpec):
-        self.wire = Wire(sock)
+        self.wire = Wire(sock, server.config.timeout)
         self.sock = sock
         self.peer_ip = address[0] if isinstance(address, tuple) else str(address)
         self.ip = self.peer_ip           # the real client: after PROXY/XCLIENT, theirs
@@ -79,7 +79,6 @@ class Session:
         metrics.M.connections.inc()
         metrics.M.connections_open.inc()
         try:
-            self.sock.settimeout(self.config.timeout)
             self.open()
             log.debug("connect ip=%s%s", self.ip, " tls" if self.is_tls else "")
             self.reply(R.greeting(self.config.hostname))
@@ -94,7 +93,7 @@ class Session:
             if hangup.reply is not None:
                 self.wire.send(hangup.reply)
             self._flush_quietly()
-        except socket.timeout:
+        except socket.timeout:   # from the server's watchdog: silent, or not reading
             self.wire.out.clear()
             self.wire.send(R.COMMAND_TIMEOUT)
             self._flush_quietly()

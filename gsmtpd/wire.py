@@ -30,7 +30,8 @@ class ConnectionClosed(Exception):
 
 class Expired(Exception):
     """The deadline for this line or this DATA phase passed while the client was still
-    sending (a slow drip); a silent client is caught by the socket timeout instead."""
+    sending (a slow drip). A client that sends nothing, or reads nothing, is cut off by
+    the server's watchdog, which raises socket.timeout into the blocked session."""
 
 
 class LineTooLong(Exception):
@@ -38,11 +39,21 @@ class LineTooLong(Exception):
 
 
 class Wire:
-    def __init__(self, sock):
+    """``read_timeout``: the longest one blocking read or write may wait for the client.
+
+    The socket itself has no timeout: gevent would arm a timer for every read, which the
+    bench showed costs more than the read. Instead, before blocking, the wire notes in
+    ``expires`` when it must give up, and the server's watchdog (Server.cut_off_stalled)
+    raises socket.timeout into a session still blocked past that time.
+    """
+
+    def __init__(self, sock, read_timeout: float):
         self.sock = sock
+        self.read_timeout = read_timeout
         self.buf = bytearray()
         self.out: list[bytes] = []
         self.waiting = False         # blocked in recv with every reply sent
+        self.expires: float | None = None   # while blocked on the socket: when to give up
 
     # --- output
 
@@ -58,20 +69,27 @@ class Wire:
             # profile showed it), so it is only the fallback for a partial send.
             sent = self.sock.send(data)
             if sent < len(data):
-                self.sock.sendall(data[sent:])
+                # The client is not reading: wait for room, but not forever.
+                self.expires = time.monotonic() + self.read_timeout
+                try:
+                    self.sock.sendall(data[sent:])
+                finally:
+                    self.expires = None
 
     # --- input
 
     def _recv(self, deadline: float) -> bytes:
-        """The next chunk. Deadlines are checked after each read rather than armed as
-        timers: a timer per command costs more than the read itself, and a client that
-        drips bytes is still cut off within one socket timeout of its deadline."""
+        """The next chunk. ``deadline`` is the whole line's or DATA phase's: a read that
+        returns after it raises Expired (a slow drip), and a wait past it, or past
+        read_timeout, is cut off by the watchdog."""
         self.flush()
+        self.expires = min(deadline, time.monotonic() + self.read_timeout)
         self.waiting = True
         try:
             chunk = self.sock.recv(RECV_SIZE)
         finally:
             self.waiting = False
+            self.expires = None
         if not chunk:
             raise ConnectionClosed()
         if time.monotonic() > deadline:

@@ -320,6 +320,60 @@ def test_slow_drip_data_is_cut_off_by_the_data_deadline(sqlite_store, gsmtpd_ser
     assert sqlite_store.count() == 0
 
 
+def test_silent_client_gets_421_after_the_command_timeout(sqlite_store, gsmtpd_server):
+    server = gsmtpd_server(sqlite_store, timeout=1)
+    client = server.raw()
+    assert client.reply().startswith("220 ")
+    assert client.command("EHLO quiet").startswith("250")
+    started = time.monotonic()
+    assert client.reply() == "421 4.4.2 Timeout waiting for command, closing connection"
+    assert 0.9 < time.monotonic() - started < 3
+    assert client.closed()
+
+
+def test_client_silent_during_data_gets_421_and_nothing_is_stored(sqlite_store, gsmtpd_server):
+    server = gsmtpd_server(sqlite_store, timeout=1)
+    client = server.raw()
+    client.start_data()
+    client.send(b"Subject: half\r\n\r\nand then nothing")
+    started = time.monotonic()
+    assert client.reply() == "421 4.4.2 Timeout during DATA, closing connection"
+    assert 0.9 < time.monotonic() - started < 3
+    assert client.closed()
+    assert sqlite_store.count() == 0
+
+
+def test_client_that_never_reads_its_replies_is_cut_off(sqlite_store, gsmtpd_server):
+    """Replies pile up until the server's send blocks; the server gives up on that client
+    after the timeout instead of waiting forever, and serves others meanwhile."""
+    server = gsmtpd_server(sqlite_store, timeout=1)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((server.host, server.port))
+    sock.setblocking(False)
+    commands = b"EHLO never.reads\r\n" * 20000
+    sent = 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            sent += sock.send(commands[sent % len(commands):])
+        except BlockingIOError:
+            break      # the server stopped reading: its own send is blocked on us
+    assert sent > 0
+    other = server.raw()
+    assert other.reply().startswith("220 "), "another session is served meanwhile"
+    assert other.command("NOOP") == "250 2.0.0 OK"
+    assert other.command("QUIT").startswith("221 ")
+    assert other.closed()
+    # Without reading a byte: the blocked session is ended too, after about a second.
+    started = time.monotonic()
+    while server.log().count("disconnect ip=") < 2 and time.monotonic() - started < 5:
+        time.sleep(0.1)
+    assert server.log().count("disconnect ip=127.0.0.1") == 2
+    assert time.monotonic() - started < 4
+    sock.close()
+
+
 def test_early_talker_is_answered_in_order_by_default(sqlite_store, gsmtpd_server):
     server = gsmtpd_server(sqlite_store)
     sock = socket.create_connection((server.host, server.port), timeout=5)
