@@ -3,8 +3,8 @@
 ``max_per_ip`` must hold for the server, not for each worker: the kernel hands a client's
 connections to whichever worker accepts first. The counts live in anonymous shared memory
 made at import, so the master makes it before forking and every worker sees the same
-table. Each process owns one row (claimed by its pid) and only ever writes its own row, so
-counting needs no lock; a reader sums one column over the rows. Claiming a row, once per
+table. Each process owns one row (claimed by its pid) and only ever writes its own
+entries, so counting needs no lock; a reader sums one address slot over the rows. Claiming a row, once per
 process, takes a POSIX record lock on the table's (unlinked) file: the kernel drops such a
 lock when its holder dies, so a worker killed with SIGKILL cannot leave it held. A dead
 process's row is reclaimed by the next worker.
@@ -21,25 +21,30 @@ import tempfile
 import zlib
 
 ROWS = 128          # processes that can count at once (workers plus replacements)
-SLOTS = 8192        # address hash buckets per row
-_HEADER = 1         # the first int of a row is its owner's pid
+SLOTS = 8192        # address hash buckets
 
 
 class SharedAddressCounts:
+    """The table: first ``rows`` ints hold each row's owner pid (0: free); then, slot by
+    slot, one count per row. Keeping a slot's counts side by side makes a count one sum
+    over a slice, done in C: it runs for every connection."""
+
     def __init__(self, rows: int = ROWS, slots: int = SLOTS):
         self.rows = rows
-        self.width = slots + _HEADER
-        size = rows * self.width * 4
+        self.slots = slots
+        size = rows * (slots + 1) * 4
         # A file (unlinked at once) rather than anonymous memory: lockf() needs one.
         self.file = tempfile.TemporaryFile(prefix="gsmtpd-limits-")
         self.file.truncate(size)
         self.memory = mmap.mmap(self.file.fileno(), size, flags=mmap.MAP_SHARED)
         self.table = memoryview(self.memory).cast("i")
+        self.owners = self.table[:rows]
         self.row: int | None = None
         self.owner = 0
 
-    def _slot(self, ip: str) -> int:
-        return _HEADER + zlib.crc32(ip.encode()) % (self.width - _HEADER)
+    def _column(self, ip: str) -> int:
+        """Where the counts of ip's slot start."""
+        return self.rows * (1 + zlib.crc32(ip.encode()) % self.slots)
 
     def _own_row(self) -> int:
         """This process's row, claimed on first use (and again after a fork)."""
@@ -50,41 +55,40 @@ class SharedAddressCounts:
         fcntl.lockf(self.file.fileno(), fcntl.LOCK_EX)
         try:
             for row in range(self.rows):
-                start = row * self.width
-                holder = self.table[start]
+                holder = self.owners[row]
                 if holder == 0 or not _alive(holder):
-                    self.table[start:start + self.width] = memoryview(bytes(self.width * 4)).cast("i")
-                    self.table[start] = pid
+                    self._clear(row)
+                    self.owners[row] = pid
                     self.row, self.owner = row, pid
                     return row
         finally:
             fcntl.lockf(self.file.fileno(), fcntl.LOCK_UN)
         raise RuntimeError("no free row in the shared connection table")
 
+    def _clear(self, row: int) -> None:
+        """Zero a row's counts (every slot's entry for it). Caller holds the lock."""
+        self.table[self.rows + row::self.rows] = memoryview(bytes(self.slots * 4)).cast("i")
+
     def count(self, ip: str, verify: bool = False) -> int:
         """Open connections from ``ip`` over all processes. With ``verify`` (worth it only
         when the count would refuse), rows of processes that died without cleaning up, a
         worker killed with SIGKILL, are freed first and not counted."""
-        slot = self._slot(ip)
-        table, width = self.table, self.width
-        total = 0
-        for row in range(self.rows):
-            start = row * width
-            holder = table[start]
-            if not holder or table[start + slot] <= 0:
-                continue
-            if verify and holder != os.getpid() and not _alive(holder):
-                self._free(start, holder)
-                continue
-            total += table[start + slot]
-        return total
+        column = self._column(ip)
+        if verify:
+            me = os.getpid()
+            for row in range(self.rows):
+                holder = self.owners[row]
+                if holder and holder != me and self.table[column + row] > 0 and not _alive(holder):
+                    self._free(row, holder)
+        return sum(self.table[column:column + self.rows])
 
-    def _free(self, start: int, dead: int) -> None:
+    def _free(self, row: int, dead: int) -> None:
         """Forget a dead process's row, unless a new process has claimed it meanwhile."""
         fcntl.lockf(self.file.fileno(), fcntl.LOCK_EX)
         try:
-            if self.table[start] == dead:
-                self.table[start] = 0
+            if self.owners[row] == dead:
+                self._clear(row)
+                self.owners[row] = 0
         finally:
             fcntl.lockf(self.file.fileno(), fcntl.LOCK_UN)
 
@@ -96,8 +100,7 @@ class SharedAddressCounts:
         return True
 
     def add(self, ip: str, delta: int) -> None:
-        index = self._own_row() * self.width + self._slot(ip)
-        self.table[index] += delta
+        self.table[self._column(ip) + self._own_row()] += delta
 
 
 def _alive(pid: int) -> bool:
