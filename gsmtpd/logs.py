@@ -5,6 +5,13 @@ Every process (master and workers) writes its own lines to the same file, opened
 so each line is one write(2) and lines of different processes do not mix. Each line carries
 the pid, so a reader sees which worker served a connection.
 
+Two lines per message (the message and the connection's end) cost about 0.09 ms of CPU
+per message under smtp-source with the stdlib's defaults: a third of our own work. So
+the records skip what no line shows (the caller's file and line, the thread, the
+multiprocessing name: the "Optimization" section of the logging docs), the timestamp
+text is made once a second, and the handler lock is the real, unpatched RLock rather
+than gevent's Python one (emit never yields, so greenlets cannot interleave in it).
+
 ``configure(config)`` may be called again on reload: it replaces the handlers it installed.
 """
 from __future__ import annotations
@@ -14,6 +21,8 @@ import logging
 import re
 import sys
 import time
+
+from gevent.monkey import get_original
 
 TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 
@@ -43,6 +52,32 @@ def fields(message: str) -> dict[str, str]:
     return result
 
 
+class TextFormatter(logging.Formatter):
+    """TEXT_FORMAT, with the "%Y-%m-%d %H:%M:%S" part of asctime made once a second.
+    Lines look exactly as logging.Formatter(TEXT_FORMAT) makes them (test_logs checks)."""
+
+    def __init__(self):
+        super().__init__(TEXT_FORMAT)
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        return f"{self._stamp},{int(record.msecs):03d}"
+
+    def format(self, record: logging.LogRecord) -> str:
+        """TEXT_FORMAT written out as an f-string: a third of the stdlib's cost."""
+        line = (f"{self.formatTime(record)} [{record.process}] {record.levelname} "
+                f"{record.name}: {record.getMessage()}")
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return line
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, pid, and the line's fields."""
 
@@ -64,7 +99,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-class ReopenableFileHandler(logging.FileHandler):
+_RealRLock = get_original("_thread", "RLock")
+
+
+class RealLock:
+    """Handlers take the unpatched RLock: a C lock, not gevent's Python one. The SQLite
+    store's real threads may log too, so some lock is still needed."""
+
+    def createLock(self) -> None:
+        self.lock = _RealRLock()
+
+
+class StderrHandler(RealLock, logging.StreamHandler):
+    pass
+
+
+class ReopenableFileHandler(RealLock, logging.FileHandler):
     """A FileHandler that ``reopen()`` points at the file now at its path (after a rename)."""
 
     def reopen(self) -> None:
@@ -77,14 +127,23 @@ class ReopenableFileHandler(logging.FileHandler):
             self.release()
 
 
+def lean_records() -> None:
+    """Leave out of every LogRecord what no gsmtpd line prints (the logging docs,
+    "Optimization"); the pid stays."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+
+
 def configure(config) -> None:
     """Install (or replace) the handlers for ``config``: logfile, verbose, log_level, log_format."""
+    lean_records()
     handlers: list[logging.Handler] = []
     if config.logfile:
         handlers.append(ReopenableFileHandler(config.logfile))
     if config.verbose or not config.logfile:
-        handlers.append(logging.StreamHandler(sys.stderr))
-    formatter = JsonFormatter() if config.log_format == "json" else logging.Formatter(TEXT_FORMAT)
+        handlers.append(StderrHandler(sys.stderr))
+    formatter = JsonFormatter() if config.log_format == "json" else TextFormatter()
     level = logging.DEBUG if config.verbose and config.log_level == "info" else config.log_level.upper()
     root = logging.getLogger()
     for handler in _installed:
