@@ -28,8 +28,10 @@ _DOT_STRING_UTF8 = re.compile(rf"[{_ATEXT}\u0080-\U0010ffff]+(?:\.[{_ATEXT}\u008
 _QUOTED_STRING = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"\Z')
 _QUOTED_STRING_UTF8 = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"\Z')
 # RFC 5321 4.1.2: sub-domain = Let-dig [Ldh-str]; we allow "_" as real DNS names carry it.
-_DOMAIN = re.compile(r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9])?\.)*"
-                     r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9])?\.?\Z")
+# ASCII labels are one octet a character, so the 63-octet label limit (RFC 1035 2.3.4) is
+# in the pattern itself.
+_DOMAIN = re.compile(r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
+                     r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?\Z")
 _DOMAIN_UTF8 = re.compile(r"(?:[\w\u0080-\U0010ffff](?:[\w\u0080-\U0010ffff-]*[\w\u0080-\U0010ffff])?\.)*"
                           r"[\w\u0080-\U0010ffff](?:[\w\u0080-\U0010ffff-]*[\w\u0080-\U0010ffff])?\.?\Z")
 # RFC 5321 4.1.3: address literals, [1.2.3.4] and [IPv6:...]; the address itself is
@@ -61,7 +63,9 @@ def valid_domain(domain: str, utf8: bool = False) -> bool:
     literal = _ADDRESS_LITERAL.match(domain)
     if literal:
         return _valid_ip(literal.group(1) or literal.group(2), 4 if literal.group(1) else 6)
-    if not (_DOMAIN_UTF8 if utf8 else _DOMAIN).match(domain):
+    if not utf8:
+        return bool(_DOMAIN.match(domain))
+    if not _DOMAIN_UTF8.match(domain):
         return False
     return all(len(label.encode("utf-8", "surrogatepass")) <= MAX_LABEL for label in domain.split("."))
 
@@ -146,6 +150,8 @@ def _strip_route(path: str) -> str | None:
 
 def _closing_bracket(text: str) -> int:
     """Index of the '>' that closes the path, skipping quoted strings in the local part."""
+    if '"' not in text:
+        return text.find(">")
     quoted = False
     escaped = False
     for index, char in enumerate(text):

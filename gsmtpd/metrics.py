@@ -89,6 +89,7 @@ class _Disabled:
     """``M`` when metrics are off: every metric is NOOP and message() does nothing."""
 
     def __getattr__(self, name: str) -> _Noop:
+        setattr(self, name, NOOP)    # found directly from now on: metrics sit on the hot path
         return NOOP
 
     def message(self, code: int, size: int, recipients: int) -> None:
