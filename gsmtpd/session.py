@@ -150,7 +150,7 @@ class Session:
         except (ssl.SSLError, OSError) as exc:
             log.info("TLS handshake failed ip=%s: %s", self.ip, exc)
             raise Hangup() from None
-        self.wire.sock = self.sock
+        self.wire.use_socket(self.sock)
         self.is_tls = True
         metrics.M.tls_sessions.inc()
 
