@@ -1,28 +1,42 @@
 """MySQL / MariaDB backend over PyMySQL (monkey-patched sockets: it only blocks the writer).
 
-Rows go out as multi-row INSERTs, each statement kept under the server's max_allowed_packet,
-all in one transaction and one COMMIT. The query is built as bytes: PyMySQL would send the
-raw message as hex (twice its size); quoting it as a binary string literal keeps a 10 MiB
-message at about 10 MiB on the wire.
+Rows go out as multi-row INSERTs, prepared once per connection and executed with the
+binary protocol (gsmtpd/mysql_protocol.py): values travel as length-prefixed bytes, so we
+escape nothing and the server lexes no 1 MiB string literal, and a message's raw mail is
+sent from the session's buffer without being copied into a statement. Each
+COM_STMT_EXECUTE is kept under the server's max_allowed_packet; all of a batch's statements
+are one transaction with one COMMIT.
 """
 from __future__ import annotations
 
-import datetime
+import functools
 import logging
 import time
 from importlib import resources
 
 import pymysql
 
-from .store import (COLUMNS, Backend, Blob, Pending, RowRefused, StoreMisconfigured,
-                    StoreUnreachable, TransientError, Verdict)
+from . import mysql_protocol
+from .mysql_protocol import Row
+from .store import (COLUMNS, Backend, Pending, RowRefused, StoreMisconfigured, StoreUnreachable,
+                    TransientError, Verdict)
 
 log = logging.getLogger("gsmtpd.store.mysql")
 
 HASH = COLUMNS.index("hash")
-INSERT_PREFIX = ("INSERT INTO `new_mail` (" + ",".join(f"`{c}`" for c in COLUMNS) + ") VALUES ").encode()
-# Room for the INSERT prefix and the packet header inside max_allowed_packet.
+INSERT_PREFIX = "INSERT INTO `new_mail` (" + ",".join(f"`{c}`" for c in COLUMNS) + ") VALUES "
+ROW_PLACEHOLDERS = "(" + ",".join("?" * len(COLUMNS)) + ")"
+# Room for the COM_STMT_EXECUTE header and the packet headers inside max_allowed_packet,
+# which bounds a command's whole payload, however many 16 MiB packets carry it
+# (https://mariadb.com/kb/en/0-packet/#packet-splitting).
 PACKET_SLACK = 4096
+# Statements are prepared for 1, 2, 4, ... rows and a run of rows goes out as the powers of
+# two that add up to it (100 = 64 + 32 + 4). Preparing costs about what executing a quarter
+# of its rows does, on both sides, so a statement per exact row count would mostly be
+# prepared once and used once; this way the dozen statements stay prepared. The largest
+# keeps its 2048 * 18 placeholders under a statement's limit of 65535.
+MAX_ROWS_PER_STATEMENT = 2048
+STATEMENT_CACHE = 16
 
 # MySQL errors that say "this data will never fit": the row is refused, the batch goes on.
 PERMANENT = (pymysql.err.DataError, pymysql.err.IntegrityError)
@@ -34,36 +48,15 @@ IDLE_PING_SECONDS = 30.0
 UNREACHABLE = {2002, 2003, 2006, 2013}
 
 
-def quote_bytes(data: bytes) -> bytes:
-    """The escaped inside of a MySQL string literal. Only backslash, quote and NUL need
-    escaping inside quotes when NO_BACKSLASH_ESCAPES is off (we set sql_mode on connect).
-    Usually none is present and the data is used as it is, without a copy."""
-    if b"\\" in data:
-        data = data.replace(b"\\", b"\\\\")
-    if b"'" in data:
-        data = data.replace(b"'", b"\\'")
-    if b"\0" in data:
-        data = data.replace(b"\0", b"\\0")
-    return data
+@functools.lru_cache(maxsize=None)
+def insert_sql(rows: int) -> bytes:
+    """The INSERT of ``rows`` rows; only powers of two are asked for."""
+    return (INSERT_PREFIX + ",".join([ROW_PLACEHOLDERS] * rows)).encode()
 
 
-def literal(value: object) -> list[bytes]:
-    """The pieces of one SQL literal; they are joined once, with the whole statement."""
-    if isinstance(value, Blob):
-        return [b"_binary'", *map(quote_bytes, value), b"'"]
-    if isinstance(value, bytes):
-        return [b"_binary'", quote_bytes(value), b"'"]
-    if isinstance(value, str):
-        return [b"'", quote_bytes(value.encode("utf-8", "replace")), b"'"]
-    if isinstance(value, bool):
-        return [b"1" if value else b"0"]
-    if isinstance(value, (int, float)):
-        return [str(value).encode()]
-    if isinstance(value, datetime.datetime):
-        return [value.strftime("'%Y-%m-%d %H:%M:%S'").encode()]
-    if value is None:
-        return [b"NULL"]
-    raise TypeError(f"cannot store {type(value).__name__}")
+def powers_of_two(count: int) -> list[int]:
+    """count as a sum of powers of two, largest first: the statements that insert it."""
+    return [1 << bit for bit in reversed(range(count.bit_length())) if count >> bit & 1]
 
 
 class MySQLBackend(Backend):
@@ -75,6 +68,8 @@ class MySQLBackend(Backend):
                            read_timeout=timeout, write_timeout=timeout,
                            max_allowed_packet=1 << 30)
         self.conn: pymysql.connections.Connection | None = None
+        # Statement ids are the connection's: every new connection starts with none.
+        self.statements: mysql_protocol.PreparedStatements | None = None
         self.max_packet = 16 << 20
         self.last_used = 0.0
         self.schema_ready = False    # CREATE TABLE once: on reconnects it would wait on locks
@@ -87,7 +82,7 @@ class MySQLBackend(Backend):
         try:
             conn = pymysql.connect(**params)
             with conn.cursor() as cur:
-                # Backslash escapes on (quote_bytes relies on it), strict: no silent truncation.
+                # Strict: a value that does not fit is an error (PERMANENT), not truncated.
                 cur.execute("SET SESSION sql_mode = 'STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION'")
                 if not self.schema_ready:
                     cur.execute(resources.files("gsmtpd").joinpath("schema.sql").read_text())
@@ -102,6 +97,7 @@ class MySQLBackend(Backend):
         except OSError as exc:
             raise StoreUnreachable(f"cannot connect to MySQL: {exc}") from exc
         self.conn = conn
+        self.statements = mysql_protocol.PreparedStatements(conn, STATEMENT_CACHE)
         self.schema_ready = True
         self.last_used = time.monotonic()
 
@@ -115,6 +111,7 @@ class MySQLBackend(Backend):
             except Exception:  # already broken: nothing more to say to it
                 pass
             self.conn = None
+            self.statements = None
 
     def write(self, batch: list[Pending]) -> list[Verdict]:
         verdicts = [Verdict.STORED] * len(batch)
@@ -128,7 +125,7 @@ class MySQLBackend(Backend):
                 self._insert(batch, verdicts)
             except PERMANENT:
                 # One message's rows were refused; InnoDB undid only that statement, but we
-                # cannot tell which message it was: redo the batch one message per statement.
+                # cannot tell which message it was: redo the batch one message at a time.
                 self.conn.rollback()
                 self._insert_one_by_one(batch, verdicts)
             committing = True
@@ -169,60 +166,61 @@ class MySQLBackend(Backend):
             self.connect()
 
     def _insert(self, batch: list[Pending], verdicts: list[Verdict]) -> None:
-        """Multi-row INSERTs, each under max_allowed_packet, built as a list of pieces and
-        joined once: a 1 MiB message is not copied again for every layer of the statement."""
-        limit = self.max_packet - PACKET_SLACK
-        pieces: list[bytes] = [INSERT_PREFIX]
-        length = len(INSERT_PREFIX)
-        with self.conn.cursor() as cur:
-            for index, pending in enumerate(batch):
-                try:
-                    rows = self._rows(pending, limit)
-                except RowRefused as refused:
-                    verdicts[index] = refused.verdict
-                    continue
-                for row, size in rows:
-                    if len(pieces) > 1 and length + size + 1 > limit:
-                        cur.execute(b"".join(pieces))
-                        pieces, length = [INSERT_PREFIX], len(INSERT_PREFIX)
-                    if len(pieces) > 1:
-                        pieces.append(b",")
-                    pieces += row
-                    length += size + 1
-            if len(pieces) > 1:
-                cur.execute(b"".join(pieces))
+        """The batch's rows in runs that each fit in one COM_STMT_EXECUTE (under
+        max_allowed_packet); a message too big for any is refused alone, before anything
+        is sent."""
+        limit = self.row_limit()
+        run: list[Row] = []
+        run_size = 0
+        for index, pending in enumerate(batch):
+            try:
+                rows = self._rows(pending, limit)
+            except RowRefused as refused:
+                verdicts[index] = refused.verdict
+                continue
+            for row in rows:
+                if run and (run_size + row.size > limit or len(run) == MAX_ROWS_PER_STATEMENT):
+                    self._execute(run)
+                    run, run_size = [], 0
+                run.append(row)
+                run_size += row.size
+        if run:
+            self._execute(run)
+
+    def _execute(self, run: list[Row]) -> None:
+        """One run of rows, as statements of a power of two rows each (see
+        MAX_ROWS_PER_STATEMENT); each is a part of the run, so it fits too."""
+        start = 0
+        for count in powers_of_two(len(run)):
+            statement = self.statements.get(insert_sql(count))
+            mysql_protocol.execute(self.conn, statement, run[start:start + count])
+            start += count
 
     def _insert_one_by_one(self, batch: list[Pending], verdicts: list[Verdict]) -> None:
-        for index, pending in enumerate(batch):
-            if verdicts[index] is not Verdict.STORED:
-                continue
-            try:
-                self._insert([pending], verdicts[index:index + 1])
-            except PERMANENT as exc:
-                log.warning("database refused a message: %s", exc)
-                verdicts[index] = Verdict.REFUSED
+        """A savepoint per message: its rows may take more than one statement, and when a
+        later one is refused the earlier ones must go too, or a refused message would
+        leave rows behind."""
+        with self.conn.cursor() as cur:
+            for index, pending in enumerate(batch):
+                if verdicts[index] is not Verdict.STORED:
+                    continue
+                cur.execute("SAVEPOINT one_message")
+                try:
+                    self._insert([pending], verdicts[index:index + 1])
+                except PERMANENT as exc:
+                    log.warning("database refused a message: %s", exc)
+                    cur.execute("ROLLBACK TO SAVEPOINT one_message")
+                    verdicts[index] = Verdict.REFUSED
 
     @staticmethod
-    def _rows(pending: Pending, limit: int) -> list[tuple[list[bytes], int]]:
-        """The pieces of "(v1,v2,...)" for each row, with their length; the raw mail,
-        shared by every row of a message, is escaped once."""
-        quoted: dict[int, list[bytes]] = {}
+    def _rows(pending: Pending, limit: int) -> list[Row]:
+        """The message's rows in wire form; the body and the raw mail, shared by every row
+        of a message, are encoded once."""
+        shared: dict[int, tuple] = {}
         rows = []
-        for row in pending.rows:
-            pieces = [b"("]
-            for number, value in enumerate(row):
-                if number:
-                    pieces.append(b",")
-                if isinstance(value, (bytes, Blob)):
-                    part = quoted.get(id(value))
-                    if part is None:
-                        part = quoted[id(value)] = literal(value)
-                    pieces += part
-                else:
-                    pieces += literal(value)
-            pieces.append(b")")
-            size = sum(map(len, pieces))
-            if size > limit:
-                raise RowRefused(Verdict.TOO_BIG, f"row of {size} bytes > max_allowed_packet")
-            rows.append((pieces, size))
+        for values in pending.rows:
+            row = mysql_protocol.encode_row(values, shared)
+            if row.size > limit:
+                raise RowRefused(Verdict.TOO_BIG, f"row of {row.size} bytes > max_allowed_packet")
+            rows.append(row)
         return rows

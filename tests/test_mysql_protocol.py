@@ -1,0 +1,277 @@
+"""The MySQL writer's prepared statements (gsmtpd/mysql_protocol.py), against the real MariaDB:
+values come back byte for byte, the packet limit refuses only the row that breaks it, and
+statement ids never outlive their connection."""
+from __future__ import annotations
+
+import datetime
+import os
+import time
+
+import pytest
+
+from conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER
+from gsmtpd import mysql_protocol
+from gsmtpd.mysql_store import MySQLBackend, PACKET_SLACK, powers_of_two
+from gsmtpd.store import COLUMNS, Blob, Pending, TransientError, Verdict
+from tcp_proxy import TcpProxy
+
+EVERY_BYTE = bytes(range(256))
+
+
+def make_row(hash_: str, **values) -> tuple:
+    """A new_mail row in store.COLUMNS order, as envelope.build_rows makes them."""
+    row = {"date": "2026-05-09 10:00:00", "from": "alice@example.org", "to": "bob@test.org",
+           "subject": "Hello", "body": "Just a test.\r\n", "charset": "utf-8",
+           "mail": Blob((b"Received: by mx.test\r\n", b"Subject: Hello\r\n\r\nJust a test.\r\n")),
+           "spam_score": 0.0, "hash": hash_, "content_type": "text/plain",
+           "recipient": "bob@test.org", "return_path": "alice@example.org", "ip_addr": "127.0.0.1",
+           "helo": "client.example", "is_tls": 0, "size": 34, "has_attach": 0,
+           "message_id": "<1@example.org>"}
+    row.update(values)
+    return tuple(row[column] for column in COLUMNS)
+
+
+def pending(*rows: tuple) -> Pending:
+    return Pending(list(rows), deadline=time.monotonic() + 60)
+
+
+def new_hash() -> str:
+    return os.urandom(16).hex()
+
+
+def session_status(conn, name: str) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SHOW SESSION STATUS LIKE %s", (name,))
+        return int(cur.fetchone()[1])
+
+
+@pytest.fixture
+def backend(mysql_store):
+    store = MySQLBackend(MYSQL_HOST, MYSQL_PORT, MYSQL_USER, MYSQL_PASSWORD, mysql_store.database,
+                         None, timeout=30)
+    store.connect()
+    yield store
+    store.close()        # before the fixture drops the database: an open transaction would block it
+
+
+def test_every_byte_value_and_a_large_message_come_back_exactly(backend, mysql_store):
+    raw = b"Subject: all bytes\r\n\r\n" + EVERY_BYTE * 16 + os.urandom(3 << 19) + EVERY_BYTE[::-1]
+    assert len(raw) > 1 << 20
+    header = b"Received: from x\r\n\t\\'\"\x00\r\n"
+    body = "".join(map(chr, range(1, 0x2FF))) + " \\ ' \" \x00 \U0001F600" + "é" * (600 << 10)
+    big, small = new_hash(), new_hash()
+    verdicts = backend.write([
+        pending(make_row(big, mail=Blob((header, raw)), body=body, subject="O'Brien \\ \"x\"")),
+        pending(make_row(small, mail=EVERY_BYTE, body="", subject="")),
+    ])
+    assert verdicts == [Verdict.STORED, Verdict.STORED]
+    rows = {row["hash"]: row for row in mysql_store.rows()}
+    assert bytes(rows[big]["mail"]) == header + raw
+    assert rows[big]["body"] == body
+    assert rows[big]["subject"] == "O'Brien \\ \"x\""
+    assert bytes(rows[small]["mail"]) == EVERY_BYTE
+
+
+def test_a_large_message_with_every_byte_value_through_the_server(mysql_store, gsmtpd_server):
+    server = gsmtpd_server(mysql_store, max_size=4 << 20)
+    octets = bytes(b for b in range(256) if b not in (10, 13))
+    content = b"\r\n".join(octets[i % 200:] + b"\\'\"\x00" for i in range(7000))
+    raw = b"Subject: big\r\nContent-Type: application/octet-stream\r\n\r\n" + content + b"\r\n"
+    assert len(raw) > 1 << 20
+    with server.smtp() as client:
+        client.ehlo()
+        client.mail("a@example.org", ["BODY=8BITMIME"])
+        client.rcpt("b@test.org")
+        client.rcpt("c@test.org")
+        assert client.data(raw)[0] == 250
+    rows = mysql_store.rows()
+    assert len(rows) == 2
+    for row in rows:
+        assert bytes(row["mail"]).endswith(b"\r\n\r\n" + content + b"\r\n")
+
+
+def test_nulls_datetimes_and_numbers_land_right(backend):
+    conn = backend.conn
+    with conn.cursor() as cur:
+        cur.execute("CREATE TEMPORARY TABLE probe (t TEXT NULL, b BLOB NULL, d DATETIME NULL, "
+                    "i BIGINT NULL, u BIGINT UNSIGNED NULL, f DOUBLE NULL, k TINYINT(1) NULL)")
+    statements = mysql_protocol.PreparedStatements(conn)
+    insert = statements.get(b"INSERT INTO probe VALUES (?,?,?,?,?,?,?),(?,?,?,?,?,?,?)")
+    when = datetime.datetime(2026, 5, 9, 23, 59, 58, 999999)
+    rows = [mysql_protocol.encode_row(["t\x00é", Blob((b"a\x00", b"\xff")), when, -(1 << 63), (1 << 64) - 1, 0.25, True]),
+            mysql_protocol.encode_row([None] * 7)]
+    assert mysql_protocol.execute(conn, insert, rows) == 2
+    with conn.cursor() as cur:
+        cur.execute("SELECT * FROM probe")
+        first, second = cur.fetchall()
+    # Microseconds are dropped, as the text protocol's literal did: the columns hold seconds.
+    assert first == ("t\x00é", b"a\x00\xff", datetime.datetime(2026, 5, 9, 23, 59, 58),
+                     -(1 << 63), (1 << 64) - 1, 0.25, 1)
+    assert second == (None,) * 7
+    conn.rollback()
+
+
+def test_a_datetime_and_a_null_in_new_mail(backend, mysql_store):
+    """A datetime lands as its seconds; a NULL in a NOT NULL column is refused (strict mode)
+    for its own message only, and the connection goes on."""
+    dated, nulled, after = new_hash(), new_hash(), new_hash()
+    verdicts = backend.write([pending(make_row(dated, date=datetime.datetime(2026, 1, 2, 3, 4, 5, 600000))),
+                              pending(make_row(nulled, subject=None)),
+                              pending(make_row(after))])
+    assert verdicts == [Verdict.STORED, Verdict.REFUSED, Verdict.STORED]
+    rows = {row["hash"]: row for row in mysql_store.rows()}
+    assert set(rows) == {dated, after}
+    assert rows[dated]["date"] == datetime.datetime(2026, 1, 2, 3, 4, 5)
+
+
+def test_one_row_over_the_packet_limit_is_too_big_alone(backend, mysql_store):
+    if backend.max_packet > 64 << 20:
+        pytest.skip(f"max_allowed_packet is {backend.max_packet}: too big to exceed cheaply")
+    limit = backend.row_limit()
+    # A row exactly at the limit still goes (the slack holds the statement's own header);
+    # one byte more and it is refused before anything is sent.
+    probe = mysql_protocol.encode_row(make_row(new_hash(), mail=b""))
+    fitting = b"F" * (limit - probe.size - 3)       # 3: the longer length prefix of a big value
+    assert mysql_protocol.encode_row(make_row(new_hash(), mail=fitting)).size == limit
+    hashes = [new_hash() for _ in range(4)]
+    verdicts = backend.write([pending(make_row(hashes[0])),
+                              pending(make_row(hashes[1], mail=fitting)),
+                              pending(make_row(hashes[2], mail=fitting + b"!")),
+                              pending(make_row(hashes[3]))])
+    assert verdicts == [Verdict.STORED, Verdict.STORED, Verdict.TOO_BIG, Verdict.STORED]
+    stored = {row["hash"]: len(row["mail"]) for row in mysql_store.rows()}
+    assert stored.keys() == {hashes[0], hashes[1], hashes[3]}
+    assert stored[hashes[1]] == len(fitting)
+    assert backend.row_limit() == backend.max_packet - PACKET_SLACK
+
+
+def test_rows_too_many_for_one_packet_go_as_several_statements(backend, mysql_store):
+    """Twelve rows of about 3 MiB (raw mail and body text) cannot share one 16 MiB packet."""
+    raw = os.urandom(3 << 19)
+    body = "x" * (3 << 19)
+    batch = [pending(make_row(new_hash(), mail=Blob((b"R: %d\r\n" % n, raw)), body=body))
+             for n in range(12)]
+    assert backend.write(batch) == [Verdict.STORED] * 12
+    rows = mysql_store.rows()
+    assert sorted(bytes(row["mail"]) for row in rows) == sorted(b"R: %d\r\n" % n + raw for n in range(12))
+
+
+def test_a_multi_row_batch_commits_all_rows_at_once(backend, mysql_store):
+    conn = backend.conn
+    commits, executes = session_status(conn, "Com_commit"), session_status(conn, "Com_stmt_execute")
+    batch = [pending(*(make_row(new_hash(), to=f"r{n}.{r}@test.org") for r in range(1 + n % 3)))
+             for n in range(100)]
+    row_count = sum(len(p.rows) for p in batch)
+    assert backend.write(batch) == [Verdict.STORED] * 100
+    assert mysql_store.count() == row_count == 199
+    assert session_status(conn, "Com_commit") - commits == 1
+    # 199 rows = 128 + 64 + 4 + 2 + 1: one statement per power of two.
+    assert session_status(conn, "Com_stmt_execute") - executes == len(powers_of_two(199)) == 5
+
+
+def test_a_refused_message_spread_over_statements_leaves_no_row(backend, mysql_store):
+    """Its three rows go as 2 + 1; the third repeats a stored hash: the whole message is
+    refused, its first two rows rolled back, and the messages around it stored."""
+    taken = new_hash()
+    assert backend.write([pending(make_row(taken))]) == [Verdict.STORED]
+    before, spread, after = new_hash(), [new_hash(), new_hash()], new_hash()
+    verdicts = backend.write([pending(make_row(before)),
+                              pending(make_row(spread[0]), make_row(spread[1]), make_row(taken)),
+                              pending(make_row(after))])
+    assert verdicts == [Verdict.STORED, Verdict.REFUSED, Verdict.STORED]
+    assert {row["hash"] for row in mysql_store.rows()} == {taken, before, after}
+
+
+def test_statements_are_prepared_again_after_a_reconnect(backend, mysql_store):
+    """Statement ids belong to a connection: a new one (ids start again at 1) must not be
+    handed the old ids, or every INSERT would fail with "unknown prepared statement"."""
+    assert backend.write([pending(make_row(new_hash()))]) == [Verdict.STORED]
+    admin = mysql_store.connect()
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f"KILL CONNECTION {backend.conn.thread_id()}")
+    finally:
+        admin.close()
+    backend.last_used -= 3600            # long idle: the writer pings, finds it dead, reconnects
+    assert backend.write([pending(make_row(new_hash()))]) == [Verdict.STORED]
+    # And a plain close and connect, as the Store does after a failed batch.
+    backend.close()
+    backend.connect()
+    assert backend.write([pending(make_row(new_hash())), pending(make_row(new_hash()))]) == [Verdict.STORED] * 2
+    assert mysql_store.count() == 4
+
+
+def test_the_least_recently_used_statement_is_closed(backend):
+    conn = backend.conn
+    statements = mysql_protocol.PreparedStatements(conn, capacity=2)
+    closed = session_status(conn, "Com_stmt_close")
+    first = statements.get(b"SELECT ?")
+    statements.get(b"SELECT ?, ?")
+    assert statements.get(b"SELECT ?") == first           # still there, and now the newest
+    statements.get(b"SELECT ?, ?, ?")                     # evicts SELECT ?, ?
+    assert session_status(conn, "Com_stmt_close") - closed == 1
+    assert list(statements.open) == [b"SELECT ?", b"SELECT ?, ?, ?"]
+
+
+def test_a_server_error_during_execute_leaves_the_connection_usable(backend, mysql_store):
+    thread = backend.conn.thread_id()
+    good, long_to, later = new_hash(), new_hash(), new_hash()
+    verdicts = backend.write([pending(make_row(good)), pending(make_row(long_to, to="x" * 300))])
+    assert verdicts == [Verdict.STORED, Verdict.REFUSED]           # "Data too long": a DataError
+    assert backend.write([pending(make_row(later))]) == [Verdict.STORED]
+    assert backend.conn.thread_id() == thread
+    assert {row["hash"] for row in mysql_store.rows()} == {good, later}
+
+
+def test_a_failure_half_way_through_a_command_closes_the_connection(backend):
+    class NotABuffer:
+        """Has a length, so the row is sized, but the socket cannot send it."""
+
+        def __len__(self):
+            return 1 << 20
+
+    conn = backend.conn
+    statement = backend.statements.get(b"SELECT ?")
+    row = mysql_protocol.encode_row([Blob((b"sent first", NotABuffer()))])
+    with pytest.raises(TypeError):
+        mysql_protocol.execute(conn, statement, [row])
+    assert not conn.open, "a command cut half-way must not leave the connection in use"
+    backend.close()
+    backend.connect()
+    assert backend.write([pending(make_row(new_hash()))]) == [Verdict.STORED]
+
+
+def test_a_connection_lost_during_execute_is_a_transient_error(mysql_store):
+    proxy = TcpProxy((MYSQL_HOST, MYSQL_PORT))
+    proxy.start()
+    store = MySQLBackend("127.0.0.1", proxy.port, MYSQL_USER, MYSQL_PASSWORD, mysql_store.database,
+                         None, timeout=10)
+    try:
+        store.connect()
+        assert store.write([pending(make_row(new_hash()))]) == [Verdict.STORED]
+        proxy.cut_after(b"cut me here")
+        with pytest.raises(TransientError):
+            store.write([pending(make_row(new_hash(), mail=b"... cut me here ..."))])
+        assert not store.conn.open
+        store.close()
+        store.connect()
+        assert store.write([pending(make_row(new_hash()))]) == [Verdict.STORED]
+    finally:
+        store.close()
+        proxy.stop()
+    assert mysql_store.count() == 2
+
+
+def test_a_row_longer_than_one_packet_is_split_across_packets(backend, mysql_store):
+    """Above 16 MiB - 1 a command goes as several packets. The shared server's
+    max_allowed_packet (16 MiB by default) may not allow such a row: then there is nothing
+    to send this way."""
+    if backend.row_limit() < 20 << 20:
+        pytest.skip(f"max_allowed_packet is {backend.max_packet}: no room for a 20 MiB row")
+    raw = os.urandom(9 << 20)
+    body = "y" * (9 << 20)
+    hashes = [new_hash(), new_hash()]
+    assert backend.write([pending(make_row(h, mail=Blob((b"R\r\n", raw)), body=body)) for h in hashes]) \
+        == [Verdict.STORED] * 2
+    for row in mysql_store.rows():
+        assert bytes(row["mail"]) == b"R\r\n" + raw and row["body"] == body
