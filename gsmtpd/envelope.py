@@ -36,17 +36,47 @@ def new_queue_id() -> str:
 def row_hashes(queue_id: str, count: int) -> list[str]:
     """One unique hash per row: the queue id, then the queue id counted up by one per
     further recipient, so every row of a message can be found from the 250 reply."""
+    if count == 1:
+        return [queue_id]
     base = int(queue_id, 16)
     return [queue_id] + [f"{(base + i) % (1 << 128):032x}" for i in range(1, count)]
+
+
+class _Stamps:
+    """The Received date and the `date` column of a second, made once that second: a
+    server storing thousands of messages a second would format the same text each time."""
+
+    def __init__(self):
+        self.second = -1
+        self.received = self.column = ""
+
+    def at(self, now: float) -> "_Stamps":
+        second = int(now)
+        if second != self.second:
+            moment = time.gmtime(second)
+            self.received = time.strftime("%a, %d %b %Y %H:%M:%S +0000", moment)
+            self.column = time.strftime("%Y-%m-%d %H:%M:%S", moment)
+            self.second = second
+        return self
+
+
+_STAMPS = _Stamps()
+
+
+def trace_name(helo: str) -> str:
+    """The HELO name as it may appear inside the Received header's "from" clause:
+    printable, and nothing that would open or close a comment."""
+    if helo.isprintable() and "(" not in helo and ")" not in helo and "\\" not in helo:
+        return helo
+    return "".join(ch for ch in helo if ch.isprintable() and ch not in "()\\")
 
 
 def received_header(*, helo: str, ip: str, hostname: str, protocol: str, queue_id: str,
                     recipients: list[Recipient], now: float) -> bytes:
     """RFC 5321 4.4 trace header; "for" only names a single recipient (privacy, as Postfix)."""
-    stamp = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(now))
+    stamp = _STAMPS.at(now).received
     for_clause = f"\r\n\tfor <{recipients[0].address}>" if len(recipients) == 1 else ""
-    helo = "".join(ch for ch in helo if ch.isprintable() and ch not in "()\\")
-    text = (f"Received: from {helo} ([{ip}])\r\n\tby {hostname} (gsmtpd) with {protocol} "
+    text = (f"Received: from {trace_name(helo)} ([{ip}])\r\n\tby {hostname} (gsmtpd) with {protocol} "
             f"id {queue_id}{for_clause};\r\n\t{stamp}\r\n")
     return text.encode("utf-8", "replace")
 
@@ -67,7 +97,7 @@ def build_rows(envelope: Envelope, raw: bytes, *, queue_id: str, now: float, ip:
     mail = Blob((received_header(helo=helo, ip=ip, hostname=hostname, protocol=protocol,
                                  queue_id=queue_id, recipients=envelope.recipients, now=now), raw))
     parsed = parse_message(raw, prefer)
-    date = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now))
+    date = _STAMPS.at(now).column
     hashes = row_hashes(queue_id, len(envelope.recipients))
     return [
         (date, parsed.from_addr[:WIDTH], rcpt.mailbox[:WIDTH], parsed.subject[:WIDTH], parsed.body,
