@@ -266,3 +266,13 @@ def test_unknown_commands_end_in_421(sqlite_store, gsmtpd_server):
 def test_greeting_names_the_hostname(sqlite_store, gsmtpd_server):
     server = gsmtpd_server(sqlite_store)
     assert server.raw().reply() == "220 mx.test ESMTP gsmtpd"
+
+
+def test_a_helo_name_cannot_open_or_close_a_comment_in_the_received_header(sqlite_store, gsmtpd_server):
+    server = gsmtpd_server(sqlite_store)
+    client = server.raw()
+    client.start_data(helo="HELO ev(il)\\name")
+    assert client.command(b"Subject: x\r\n\r\nbody\r\n.").startswith("250 ")
+    mail = bytes(sqlite_store.rows()[0]["mail"])
+    assert mail.startswith(b"Received: from evilname ([127.0.0.1])\r\n")
+    assert sqlite_store.rows()[0]["helo"] == "ev(il)\\name", "the helo column keeps the name as given"
