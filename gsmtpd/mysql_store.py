@@ -30,13 +30,16 @@ ROW_PLACEHOLDERS = "(" + ",".join("?" * len(COLUMNS)) + ")"
 # which bounds a command's whole payload, however many 16 MiB packets carry it
 # (https://mariadb.com/kb/en/0-packet/#packet-splitting).
 PACKET_SLACK = 4096
-# Statements are prepared for 1, 2, 4, ... rows and a run of rows goes out as the powers of
-# two that add up to it (100 = 64 + 32 + 4). Preparing costs about what executing a quarter
-# of its rows does, on both sides, so a statement per exact row count would mostly be
-# prepared once and used once; this way the dozen statements stay prepared. The largest
-# keeps its 2048 * 18 placeholders under a statement's limit of 65535.
+# Which statements a run of rows goes out as (statement_sizes): up to EXACT_ROWS rows, one
+# of exactly that many; longer runs as powers of two from 64 up, then the rest (100 = 64 +
+# 32 + 4). Preparing costs about what executing a quarter of its rows does, on both sides,
+# so a statement for every row count seen would mostly be prepared once and used once; this
+# way at most 38 statements exist and stay prepared, and the usual small batch is still a
+# single statement (one round trip, one statement for the server to run). The largest keeps
+# its 2048 * 18 placeholders under a statement's limit of 65535.
+EXACT_ROWS = 32
 MAX_ROWS_PER_STATEMENT = 2048
-STATEMENT_CACHE = 16
+STATEMENT_CACHE = 40
 
 # MySQL errors that say "this data will never fit": the row is refused, the batch goes on.
 PERMANENT = (pymysql.err.DataError, pymysql.err.IntegrityError)
@@ -50,13 +53,18 @@ UNREACHABLE = {2002, 2003, 2006, 2013}
 
 @functools.lru_cache(maxsize=None)
 def insert_sql(rows: int) -> bytes:
-    """The INSERT of ``rows`` rows; only powers of two are asked for."""
+    """The INSERT of ``rows`` rows; only the sizes of statement_sizes are asked for."""
     return (INSERT_PREFIX + ",".join([ROW_PLACEHOLDERS] * rows)).encode()
 
 
-def powers_of_two(count: int) -> list[int]:
-    """count as a sum of powers of two, largest first: the statements that insert it."""
-    return [1 << bit for bit in reversed(range(count.bit_length())) if count >> bit & 1]
+def statement_sizes(count: int) -> list[int]:
+    """The row counts of the statements that insert a run of ``count`` rows."""
+    sizes = []
+    while count > EXACT_ROWS:
+        size = 1 << (count.bit_length() - 1)      # the largest power of two in count
+        sizes.append(size)
+        count -= size
+    return sizes + [count] if count else sizes
 
 
 class MySQLBackend(Backend):
@@ -188,10 +196,10 @@ class MySQLBackend(Backend):
             self._execute(run)
 
     def _execute(self, run: list[Row]) -> None:
-        """One run of rows, as statements of a power of two rows each (see
-        MAX_ROWS_PER_STATEMENT); each is a part of the run, so it fits too."""
+        """One run of rows, as the statements of statement_sizes; each is a part of the
+        run, so it fits in a packet too."""
         start = 0
-        for count in powers_of_two(len(run)):
+        for count in statement_sizes(len(run)):
             statement = self.statements.get(insert_sql(count))
             mysql_protocol.execute(self.conn, statement, run[start:start + count])
             start += count

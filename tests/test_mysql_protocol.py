@@ -11,7 +11,7 @@ import pytest
 
 from conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER
 from gsmtpd import mysql_protocol
-from gsmtpd.mysql_store import MySQLBackend, PACKET_SLACK, powers_of_two
+from gsmtpd.mysql_store import MySQLBackend, PACKET_SLACK, statement_sizes
 from gsmtpd.store import COLUMNS, Blob, Pending, TransientError, Verdict
 from tcp_proxy import TcpProxy
 
@@ -165,19 +165,21 @@ def test_a_multi_row_batch_commits_all_rows_at_once(backend, mysql_store):
     assert backend.write(batch) == [Verdict.STORED] * 100
     assert mysql_store.count() == row_count == 199
     assert session_status(conn, "Com_commit") - commits == 1
-    # 199 rows = 128 + 64 + 4 + 2 + 1: one statement per power of two.
-    assert session_status(conn, "Com_stmt_execute") - executes == len(powers_of_two(199)) == 5
+    # 199 rows: statements of 128, 64 and 7 rows.
+    assert statement_sizes(199) == [128, 64, 7]
+    assert session_status(conn, "Com_stmt_execute") - executes == 3
 
 
 def test_a_refused_message_spread_over_statements_leaves_no_row(backend, mysql_store):
-    """Its three rows go as 2 + 1; the third repeats a stored hash: the whole message is
-    refused, its first two rows rolled back, and the messages around it stored."""
+    """Its 40 rows (recipients) go as statements of 32 and 8 rows; the last repeats a stored
+    hash: the whole message is refused, its first 32 rows rolled back, and the messages
+    around it stored."""
+    assert statement_sizes(40) == [32, 8]
     taken = new_hash()
     assert backend.write([pending(make_row(taken))]) == [Verdict.STORED]
-    before, spread, after = new_hash(), [new_hash(), new_hash()], new_hash()
-    verdicts = backend.write([pending(make_row(before)),
-                              pending(make_row(spread[0]), make_row(spread[1]), make_row(taken)),
-                              pending(make_row(after))])
+    before, after = new_hash(), new_hash()
+    spread = [make_row(new_hash(), to=f"r{n}@test.org") for n in range(39)] + [make_row(taken)]
+    verdicts = backend.write([pending(make_row(before)), pending(*spread), pending(make_row(after))])
     assert verdicts == [Verdict.STORED, Verdict.REFUSED, Verdict.STORED]
     assert {row["hash"] for row in mysql_store.rows()} == {taken, before, after}
 
