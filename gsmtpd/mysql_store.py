@@ -67,6 +67,11 @@ def statement_sizes(count: int) -> list[int]:
     return sizes + [count] if count else sizes
 
 
+def _first_hashes(batch: list[Pending], verdicts: list[Verdict]) -> list[str]:
+    """The queue id (first row's hash) of each message of the batch still to be stored."""
+    return [p.rows[0][HASH] for p, v in zip(batch, verdicts) if v is Verdict.STORED and p.rows]
+
+
 class MySQLBackend(Backend):
     def __init__(self, host: str, port: int, user: str, password: str, database: str,
                  unix_socket: str | None, timeout: float):
@@ -139,18 +144,26 @@ class MySQLBackend(Backend):
             committing = True
             self.conn.commit()
         except (pymysql.err.MySQLError, OSError) as exc:
-            if committing and self._was_committed(batch, verdicts):
-                log.warning("the COMMIT's answer was lost but the rows are there: %s", exc)
-                return verdicts
+            if committing:
+                committed = self._was_committed(batch, verdicts)
+                if committed:
+                    log.warning("the COMMIT's answer was lost but the rows are there: %s", exc)
+                    return verdicts
+                if committed is None:
+                    # RFC 5321 6.1: a duplicate is better than a loss. 451 makes the sender
+                    # retry; if the COMMIT did happen, its retry stores the message again.
+                    log.warning("COMMIT outcome unknown, answering 451 (a retry may store a "
+                                "duplicate): %s in_doubt=%s", exc, ",".join(_first_hashes(batch, verdicts)))
             raise TransientError(str(exc)) from exc
         self.last_used = time.monotonic()
         return verdicts
 
-    def _was_committed(self, batch: list[Pending], verdicts: list[Verdict]) -> bool:
+    def _was_committed(self, batch: list[Pending], verdicts: list[Verdict]) -> bool | None:
         """The connection broke after COMMIT was sent: did it happen? One quick look on a
         fresh connection turns a would-be 451 (and a duplicate when the client retries)
-        into the 250 it deserves. Any doubt left: False, and the sessions get 451."""
-        hashes = [p.rows[0][HASH] for p, v in zip(batch, verdicts) if v is Verdict.STORED and p.rows]
+        into the 250 it deserves. None when the database cannot be asked (it is going
+        down): the sessions get 451 and the COMMIT may or may not have happened."""
+        hashes = _first_hashes(batch, verdicts)
         if not hashes:
             return False
         try:
@@ -160,7 +173,7 @@ class MySQLBackend(Backend):
                 found = cur.fetchone()[0]
             self.conn.commit()
         except (TransientError, pymysql.err.MySQLError, OSError):
-            return False
+            return None
         finally:
             self.close()     # its timeouts are short; the next write opens a normal one
         # One transaction: all of the batch's rows are there, or none.

@@ -20,12 +20,15 @@ class TcpProxy:
         self.connections: list[socket.socket] = []
         self.lock = threading.Lock()
         self.cut_pattern: bytes | None = None
+        self.stop_on_cut = False
         self.cut_done = threading.Event()
 
-    def cut_after(self, pattern: bytes) -> None:
+    def cut_after(self, pattern: bytes, then_stop: bool = False) -> None:
         """The next time the client sends ``pattern``, pass it on, then drop the connection
-        before the server's answer gets back (a COMMIT whose reply is lost)."""
+        before the server's answer gets back (a COMMIT whose reply is lost). With
+        ``then_stop`` the proxy also stops listening: the database seems gone."""
         self.cut_done.clear()
+        self.stop_on_cut = then_stop
         self.cut_pattern = pattern
 
     def start(self) -> None:
@@ -38,13 +41,7 @@ class TcpProxy:
 
     def stop(self) -> None:
         """Close the listener and cut every forwarded connection, like a server going away."""
-        if self.listener is not None:
-            try:
-                self.listener.shutdown(socket.SHUT_RDWR)   # wakes the thread blocked in accept()
-            except OSError:
-                pass
-            self.listener.close()
-            self.listener = None
+        self._stop_listening()
         with self.lock:
             for conn in self.connections:
                 try:
@@ -54,7 +51,18 @@ class TcpProxy:
                 conn.close()
             self.connections.clear()
 
+    def _stop_listening(self) -> None:
+        if self.listener is not None:
+            try:
+                self.listener.shutdown(socket.SHUT_RDWR)   # wakes the thread blocked in accept()
+            except OSError:
+                pass
+            self.listener.close()
+            self.listener = None
+
     def _cut(self, *socks: socket.socket) -> None:
+        if self.stop_on_cut:
+            self.stop()
         for sock in socks:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
@@ -91,6 +99,8 @@ class TcpProxy:
                     self.cut_pattern = None
                     link["cut"] = True       # the answer will not be passed back
                     sink.sendall(data)
+                    if self.stop_on_cut:
+                        self._stop_listening()     # before the writer can look again
                     threading.Timer(0.5, self._cut, args=(source, sink)).start()
                     return
                 sink.sendall(data)

@@ -168,3 +168,23 @@ def test_a_commit_whose_answer_is_lost_is_checked_not_guessed(mysql_store, gsmtp
     finally:
         proxy.stop()
     assert [r["subject"] for r in mysql_store.rows()] == ["warm up", "answer lost", "after"]
+
+
+def test_a_commit_that_cannot_be_checked_gets_451_and_names_the_message_in_doubt(mysql_store, gsmtpd_server):
+    """The COMMIT reached MariaDB, its answer was lost, and the database cannot be asked
+    (it seems gone): never a 250 on a guess. 451 makes the sender retry, and the log names
+    the queue id whose row may be there, so an operator can find the duplicate."""
+    proxy = TcpProxy((MYSQL_HOST, MYSQL_PORT))
+    proxy.start()
+    try:
+        server = gsmtpd_server(proxied_store(mysql_store, proxy), workers=1, save_timeout=4)
+        assert try_send(server, "warm up")[0] == 250
+        proxy.cut_after(b"COMMIT", then_stop=True)
+        assert try_send(server, "in doubt")[0] == 451
+        assert proxy.cut_done.wait(5), "the proxy never saw the COMMIT"
+        line = server.wait_log(r"COMMIT outcome unknown, answering 451.* in_doubt=([0-9a-f]{32})")
+    finally:
+        proxy.stop()
+    rows = {r["subject"]: r["hash"] for r in mysql_store.rows()}
+    assert set(rows) == {"warm up", "in doubt"}, "this COMMIT did happen: the row is there"
+    assert line.group(1) == rows["in doubt"]

@@ -16,6 +16,8 @@ rows of that run from MySQL and reports
   that is a duplicate in the making, and a broken promise of the reply
 - stored_dropped: rows for a message whose connection dropped before a reply: allowed (the
   RFC 5321 6.1 duplicate window), counted so it is visible
+- stored_in_doubt: rows for a refused message whose COMMIT the server logged as "outcome
+  unknown" (the database went away before it could be asked): the same window, allowed
 
 The load runs gevent in its own thread (its own hub, gevent sockets used explicitly, nothing
 monkey-patched), so the test's main thread stays free to kill processes and stop databases.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import resource
 import statistics
 import threading
@@ -322,6 +325,7 @@ class Report:
     lost: int = 0
     duplicated: int = 0
     stored_refused: int = 0
+    stored_in_doubt: int = 0
     stored_dropped: int = 0
     unknown_rows: int = 0
     refused: Counter = field(default_factory=Counter)      # "451 4.3.0" -> count (replies to ".")
@@ -341,6 +345,7 @@ class Report:
         refused = ",".join(f"{k}x{v}" for k, v in self.refused.most_common(4)) or "-"
         text = (f"{self.name}: sent={self.sent} acked={self.acked} stored={self.stored} lost={self.lost} "
                 f"duplicated={self.duplicated} stored_refused={self.stored_refused} "
+                f"stored_in_doubt={self.stored_in_doubt} "
                 f"stored_dropped={self.stored_dropped} dropped={self.dropped} refused={refused} "
                 f"p50={ms(self.p50)} p99={ms(self.p99)} p99_total={ms(self.p99_total)} "
                 f"max_wait={ms(self.max_reply_wait)}")
@@ -379,8 +384,16 @@ def rows_of_run(connect, run_id: str) -> dict[str, list[tuple[str, str]]]:
         conn.close()
 
 
-def check(attempts: list[Attempt], connect, run_id: str, name: str = "") -> Report:
-    """Hold the replies against the rows. ``connect()`` gives a PyMySQL connection to the store."""
+def in_doubt(server_log: str) -> set[str]:
+    """Queue ids of messages whose COMMIT the server could not confirm (it answered 451)."""
+    return {queue_id for listed in re.findall(r"in_doubt=([0-9a-f,]+)", server_log)
+            for queue_id in listed.split(",")}
+
+
+def check(attempts: list[Attempt], connect, run_id: str, name: str = "",
+          doubtful: set[str] = frozenset()) -> Report:
+    """Hold the replies against the rows. ``connect()`` gives a PyMySQL connection to the
+    store; ``doubtful`` are queue ids the server logged as in doubt (``in_doubt()``)."""
     rows = rows_of_run(connect, run_id)
     report = Report(name=name, attempted=len(attempts))
     subjects = set()
@@ -407,7 +420,9 @@ def check(attempts: list[Attempt], connect, run_id: str, name: str = "") -> Repo
                 report.lost_ids.append(attempt.queue_id)
         elif attempt.code is not None:
             report.refused[attempt.reply[:9]] += 1
-            if found:
+            if found and found[0][0] in doubtful:
+                report.stored_in_doubt += 1
+            elif found:
                 report.stored_refused += 1
         else:
             report.dropped += 1

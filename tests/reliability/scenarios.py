@@ -18,7 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from .loadclient import (Load, Report, RssWatch, SlowDrip, check, describe_drips, filler,
+from .loadclient import (Load, Report, RssWatch, SlowDrip, check, describe_drips, filler, in_doubt,
                          loopback_sources, process_tree, raise_nofile, rate)
 
 # Every figure printed by a scenario, for the terminal summary (conftest.py) and the bench.
@@ -202,7 +202,8 @@ def db_outage(start_server, db, store, n: Numbers, crash: bool = False) -> Resul
             break
         time.sleep(0.1)
     attempts = load.stop()
-    report = check(attempts, store.connect, load.run_id, "MariaDB " + ("kill -9" if crash else "stopped"))
+    report = check(attempts, store.connect, load.run_id, "MariaDB " + ("kill -9" if crash else "stopped"),
+                   doubtful=in_doubt(server.log()))
     during = [a for a in attempts if a.sent and down_at + 0.2 <= a.dot_at <= up_at]
     first = load.first_ack_after(up_at)
     result = Result(report.name + f" {n.outage:.0f}s", [report], {
