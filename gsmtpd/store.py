@@ -237,6 +237,13 @@ class Store:
             metrics.M.storage_errors.inc()
             self._disconnect()
             verdicts = [Verdict.TRANSIENT] * len(batch)
+        except Exception:
+            # A bug of ours must cost this batch a 451, not the writer: without it every
+            # later message would wait out its save timeout.
+            log.exception("store write failed unexpectedly, %d messages get 451", len(batch))
+            metrics.M.storage_errors.inc()
+            self._disconnect()
+            verdicts = [Verdict.TRANSIENT] * len(batch)
         else:
             elapsed = time.monotonic() - started
             metrics.M.batch_size.observe(len(batch))
