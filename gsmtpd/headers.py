@@ -307,8 +307,18 @@ _INSIDE = re.compile(r"\(+|\)|\\.|[^()\\]+", re.S)
 MAX_ADDRESS = 254  # RFC 5321 4.5.3.1.3 (256 with the angle brackets)
 
 
+# The usual From: values, "a@b.org", "<a@b.org>" and "Name <a@b.org>": no quotes,
+# comments, groups or lists, so the tokenizer below would find exactly this address.
+_PLAIN_ATOMS = r'[^\s"\\()<>,:;@\[\]]+'
+_SIMPLE_FROM = re.compile(rf'\s*(?:[^"\\()<>,:;@\[\]]*<)?({_PLAIN_ATOMS}@{_PLAIN_ATOMS})>?\s*\Z')
+
+
 def address(value: str) -> str:
     """The first mailbox's addr-spec in a From: value, lower-cased, or ''."""
+    if len(value) <= MAX_FROM:
+        simple = _SIMPLE_FROM.match(value)
+        if simple:
+            return _checked(simple.group(1))
     found = _first_addr_spec(value[:MAX_FROM])
     if not found and "=?" in value:
         # Some mailers encode the whole "Name <addr>" as one encoded word.

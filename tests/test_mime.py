@@ -190,3 +190,17 @@ def test_encoded_words(value, decoded):
 ])
 def test_rfc2231_parameters(value, expected):
     assert headers.params(value) == expected
+
+
+_FROM_PIECES = st.sampled_from(["a", "Bo", "x.org", "é", "-", "+", "=?utf-8?q?A?=", ".", "@", "<", ">",
+                                " ", "\t", '"', "(", ")", ",", ";", ":", "\\", "[", "]"])
+
+
+@given(st.lists(_FROM_PIECES, max_size=12).map("".join))
+def test_the_quick_from_path_finds_what_the_tokenizer_finds(value):
+    """headers.address() takes plain "a@b", "<a@b>" and "Name <a@b>" by one regex; on every
+    input it must answer what the full RFC 5322 tokenizer answers."""
+    full = headers._first_addr_spec(value)
+    if not full and "=?" in value:
+        full = headers._first_addr_spec(headers.decode_words(value))
+    assert headers.address(value) == full
