@@ -266,6 +266,25 @@ class RawClient:
         self.sock.close()
 
 
+QUEUED = re.compile(r"^250 2\.0\.0 OK: queued as ([0-9a-f]{32})$")
+
+
+def send(server, sender: str, recipients, data: bytes, options=()) -> str:
+    """Send one message with smtplib (MAIL parameters in ``options``); every recipient
+    and the data must get 250. Returns the queue id from the 250 reply."""
+    with server.smtp() as client:
+        client.ehlo()
+        client.mail(sender, list(options))
+        for rcpt in recipients:
+            code, _ = client.rcpt(rcpt)
+            assert code == 250, rcpt
+        code, text = client.data(data)
+        assert code == 250, text
+        match = QUEUED.match(f"{code} {text.decode()}")
+        assert match, text
+        return match.group(1)
+
+
 def message(subject: str = "Hello", body: str = "Just a test.\r\n", sender: str = "Alice <alice@example.org>",
             to: str = "bob@test.org", extra: str = "") -> bytes:
     return (f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{uuid.uuid4().hex}@example.org>\r\n"

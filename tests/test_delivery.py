@@ -10,24 +10,8 @@ import time
 
 import pytest
 
-from conftest import HOSTNAME, message
+from conftest import HOSTNAME, QUEUED, message, send
 
-QUEUED = re.compile(r"^250 2\.0\.0 OK: queued as ([0-9a-f]{32})$")
-
-
-def send(server, sender, recipients, data: bytes, **mail_options) -> str:
-    """Send one message with smtplib and return the queue id from the 250 reply."""
-    with server.smtp() as client:
-        client.ehlo()
-        client.mail(sender, list(mail_options.get("options", [])))
-        for rcpt in recipients:
-            code, _ = client.rcpt(rcpt)
-            assert code == 250, rcpt
-        code, text = client.data(data)
-        assert code == 250, text
-        match = QUEUED.match(f"{code} {text.decode()}")
-        assert match, text
-        return match.group(1)
 
 
 def test_every_column_of_a_plain_message(any_store, gsmtpd_server):

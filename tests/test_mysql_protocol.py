@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER
+from conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER, send
 from gsmtpd import mysql_protocol
 from gsmtpd.mysql_store import MySQLBackend, PACKET_SLACK, statement_sizes
 from gsmtpd.store import COLUMNS, Blob, Pending, TransientError, Verdict
@@ -78,12 +78,7 @@ def test_a_large_message_with_every_byte_value_through_the_server(mysql_store, g
     content = b"\r\n".join(octets[i % 200:] + b"\\'\"\x00" for i in range(7000))
     raw = b"Subject: big\r\nContent-Type: application/octet-stream\r\n\r\n" + content + b"\r\n"
     assert len(raw) > 1 << 20
-    with server.smtp() as client:
-        client.ehlo()
-        client.mail("a@example.org", ["BODY=8BITMIME"])
-        client.rcpt("b@test.org")
-        client.rcpt("c@test.org")
-        assert client.data(raw)[0] == 250
+    send(server, "a@example.org", ["b@test.org", "c@test.org"], raw, options=["BODY=8BITMIME"])
     rows = mysql_store.rows()
     assert len(rows) == 2
     for row in rows:

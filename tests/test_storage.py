@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import MYSQL_HOST, MYSQL_PORT, MYSQL_USER, message
+from conftest import MYSQL_HOST, MYSQL_PORT, MYSQL_USER, message, send
 from tcp_proxy import TcpProxy
 
 
@@ -140,12 +140,7 @@ def test_every_byte_value_survives_the_round_trip(any_store, gsmtpd_server):
     octets = bytes(b for b in range(256) if b not in (10, 13))
     raw = (b"Subject: bytes\r\nContent-Type: application/octet-stream\r\n\r\n"
            + b"\r\n".join(octets[i:] + b"\\'\"\x00" for i in range(0, 254, 7)) + b"\r\n")
-    with server.smtp() as client:
-        client.ehlo()
-        client.mail("a@example.org", ["BODY=8BITMIME"])
-        client.rcpt("b@test.org")
-        client.rcpt("c@test.org")
-        assert client.data(raw)[0] == 250
+    send(server, "a@example.org", ["b@test.org", "c@test.org"], raw, options=["BODY=8BITMIME"])
     rows = any_store.rows()
     assert len(rows) == 2
     assert all(bytes(row["mail"]).endswith(b"\r\n\r\n" + raw.split(b"\r\n\r\n", 1)[1]) for row in rows)
