@@ -257,18 +257,3 @@ def test_a_connection_lost_during_execute_is_a_transient_error(mysql_store):
         store.close()
         proxy.stop()
     assert mysql_store.count() == 2
-
-
-def test_a_row_longer_than_one_packet_is_split_across_packets(backend, mysql_store):
-    """Above 16 MiB - 1 a command goes as several packets. The shared server's
-    max_allowed_packet (16 MiB by default) may not allow such a row: then there is nothing
-    to send this way."""
-    if backend.row_limit() < 20 << 20:
-        pytest.skip(f"max_allowed_packet is {backend.max_packet}: no room for a 20 MiB row")
-    raw = os.urandom(9 << 20)
-    body = "y" * (9 << 20)
-    hashes = [new_hash(), new_hash()]
-    assert backend.write([pending(make_row(h, mail=Blob((b"R\r\n", raw)), body=body)) for h in hashes]) \
-        == [Verdict.STORED] * 2
-    for row in mysql_store.rows():
-        assert bytes(row["mail"]) == b"R\r\n" + raw and row["body"] == body
