@@ -144,6 +144,10 @@ def encode_value(value: object) -> tuple[bytes, tuple[bytes, ...] | None]:
     raise TypeError(f"cannot store {type(value).__name__}")
 
 
+# Values that are always encoded the same way: no work at all.
+_FIXED = {type(None): (NULL_TYPE, None)}
+
+
 def encode_row(values: Iterable[object], shared: dict[int, tuple] | None = None) -> Row:
     """A row's parameters in wire form. ``shared`` maps id(text) to the encoding of a long
     text that several rows hold (a message's body, in the row of each recipient), so it is
@@ -152,12 +156,19 @@ def encode_row(values: Iterable[object], shared: dict[int, tuple] | None = None)
     pieces: list = []
     nulls = 0
     for number, value in enumerate(values):
+        if type(value) is str and len(value) < 251:
+            # Most columns: short text. Inlined, as encode_value's checks cost more than
+            # the encoding (a row is about 18 values, and a message may be many rows).
+            data = value.encode("utf-8", "replace")
+            types.append(STRING_TYPE)
+            pieces.append(bytes((len(data),)) + data if len(data) < 251 else length_prefix(len(data)) + data)
+            continue
         if shared is not None and isinstance(value, str) and len(value) >= DIRECT_WRITE:
             encoded = shared.get(id(value))
             if encoded is None:
                 encoded = shared[id(value)] = encode_value(value)
         else:
-            encoded = encode_value(value)
+            encoded = _FIXED.get(type(value)) or encode_value(value)
         kind, value_pieces = encoded
         types.append(kind)
         if value_pieces is None:
