@@ -27,3 +27,14 @@ def test_a_traceback_follows_the_line_as_in_the_stdlib():
     line = lean.format(record(1_700_000_000.5, info))
     assert line == stdlib.format(record(1_700_000_000.5, info))
     assert line.endswith("ValueError: boom")
+
+
+def test_lean_records_have_every_attribute_of_the_stdlib_record():
+    args = ("message id=%s size=%d", ("abc", 42), None)
+    stdlib = logging.LogRecord("gsmtpd.session", logging.INFO, "(unknown file)", 0, *args)
+    lean = logs.LeanRecord("gsmtpd.session", logging.INFO, "(unknown file)", 0, *args)
+    assert set(vars(stdlib)) <= set(vars(lean))
+    assert lean.getMessage() == stdlib.getMessage() == "message id=abc size=42"
+    assert (lean.process, lean.filename, lean.levelname) == (stdlib.process, stdlib.filename, "INFO")
+    mapping = logs.LeanRecord("x", logging.INFO, "/a/b.py", 1, "%(n)d", ({"n": 7},), None)
+    assert mapping.getMessage() == "7" and mapping.module == "b"
