@@ -20,6 +20,8 @@ import os
 import tempfile
 import zlib
 
+from . import pid as this_process
+
 ROWS = 128          # processes that can count at once (workers plus replacements)
 SLOTS = 8192        # address hash buckets
 
@@ -48,7 +50,7 @@ class SharedAddressCounts:
 
     def _own_row(self) -> int:
         """This process's row, claimed on first use (and again after a fork)."""
-        pid = os.getpid()
+        pid = this_process.current()
         if self.owner == pid and self.row is not None:
             return self.row
         # Two workers starting together must not both take the same free row.
@@ -75,7 +77,7 @@ class SharedAddressCounts:
         worker killed with SIGKILL, are freed first and not counted."""
         column = self._column(ip)
         if verify:
-            me = os.getpid()
+            me = this_process.current()
             for row in range(self.rows):
                 holder = self.owners[row]
                 if holder and holder != me and self.table[column + row] > 0 and not _alive(holder):

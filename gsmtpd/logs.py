@@ -27,6 +27,8 @@ from collections.abc import Mapping
 
 from gevent.monkey import get_original
 
+from . import pid as this_process
+
 TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 
 # key=value pairs of the per-message and per-connection lines (session.py):
@@ -158,11 +160,7 @@ class LeanRecord(logging.LogRecord):
         self.msecs = int((created - int(created)) * 1000) + 0.0
         self.relativeCreated = (created - logging._startTime) * 1000
         self.thread = self.threadName = self.processName = self.taskName = None
-        self.process = _pid[0]
-
-
-_pid = [os.getpid()]
-os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+        self.process = this_process.current()
 
 
 @functools.lru_cache(maxsize=64)
