@@ -7,7 +7,6 @@ in order and in few packets.
 from __future__ import annotations
 
 import re
-import ssl
 import time
 from dataclasses import dataclass
 
@@ -58,12 +57,12 @@ class Wire:
         self.waiting = False         # blocked in recv with every reply sent
         self.expires: float | None = None   # while blocked on the socket: when to give up
         self.hub = get_hub()
-        # Readiness of a plain socket. Not for TLS: the TLS layer may hold decrypted data
-        # while the socket has nothing to read.
-        self.readable = self.hub.loop.io(sock.fileno(), 1) if not isinstance(sock, ssl.SSLSocket) else None
+        # Readiness of the plain connection, to wait on before reading (see _recv).
+        self.readable = self.hub.loop.io(sock.fileno(), 1)
 
     def use_socket(self, sock) -> None:
-        """Go on over ``sock`` (the same connection after a TLS handshake)."""
+        """Go on over ``sock``, the same connection after a TLS handshake. Reads no longer
+        wait on readiness first: TLS may hold decrypted data while the socket is empty."""
         self.sock = sock
         self.readable = None
 
@@ -79,9 +78,8 @@ class Wire:
             self.out.clear()
             # Replies are small and the socket buffer is nearly always free: one plain
             # send() does it. gevent's sendall() costs a getsockopt() per call (the bench
-            # profile showed it), so it is only the fallback for a partial send.
-            # gevent's send() itself waits when the socket buffer is full: a client that
-            # does not read must not hold us past read_timeout (the watchdog cuts it off).
+            # profile showed it), so it is only the fallback for a partial send. Either
+            # may wait for a client that does not read: the watchdog cuts that off.
             self.expires = time.monotonic() + self.read_timeout
             try:
                 sent = self.sock.send(data)
