@@ -4,10 +4,10 @@
 connections to whichever worker accepts first. The counts live in anonymous shared memory
 made at import, so the master makes it before forking and every worker sees the same
 table. Each process owns one row (claimed by its pid) and only ever writes its own
-entries, so counting needs no lock; a reader sums one address slot over the rows. Claiming a row, once per
-process, takes a POSIX record lock on the table's (unlinked) file: the kernel drops such a
-lock when its holder dies, so a worker killed with SIGKILL cannot leave it held. A dead
-process's row is reclaimed by the next worker.
+entries, so counting needs no lock; a reader sums one address slot over the rows.
+Claiming a row, once per process, takes a POSIX record lock on the table's (unlinked)
+file: the kernel drops such a lock when its holder dies, so a worker killed with SIGKILL
+cannot leave it held. A dead process's row is reclaimed by the next worker.
 
 Addresses are hashed into SLOTS columns; two addresses that share a slot share a count,
 which can only make the limit stricter for them, never looser.

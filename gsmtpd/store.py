@@ -232,15 +232,13 @@ class Store:
         started = time.monotonic()
         try:
             verdicts = self.backend.write(batch)
-        except TransientError as exc:
-            log.error("store write failed, %d messages get 451: %s", len(batch), exc)
-            metrics.M.storage_errors.inc()
-            self._disconnect()
-            verdicts = [Verdict.TRANSIENT] * len(batch)
-        except Exception:
-            # A bug of ours must cost this batch a 451, not the writer: without it every
-            # later message would wait out its save timeout.
-            log.exception("store write failed unexpectedly, %d messages get 451", len(batch))
+        except Exception as exc:
+            if isinstance(exc, TransientError):
+                log.error("store write failed, %d messages get 451: %s", len(batch), exc)
+            else:
+                # A bug of ours must cost this batch a 451, not the writer: without it
+                # every later message would wait out its save timeout.
+                log.exception("store write failed unexpectedly, %d messages get 451", len(batch))
             metrics.M.storage_errors.inc()
             self._disconnect()
             verdicts = [Verdict.TRANSIENT] * len(batch)
