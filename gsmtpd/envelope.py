@@ -81,22 +81,23 @@ def received_header(*, helo: str, ip: str, hostname: str, protocol: str, queue_i
     return text.encode("utf-8", "replace")
 
 
-def parse_message(raw: bytes, prefer: str) -> mime.Parsed:
+def parse_message(raw: bytes, prefer: str, crlf_only: bool = False) -> mime.Parsed:
     """MIME never costs a message: on any failure the fields are empty and the raw is kept."""
     try:
-        return mime.parse(raw, prefer)
+        return mime.parse(raw, prefer, crlf_only)
     except Exception:  # a bug in our parser must not lose mail; the raw message is stored
         log.exception("MIME parsing failed; storing the raw message with empty fields")
         return mime.Parsed("", "", "", "", "text/plain", 0, "")
 
 
 def build_rows(envelope: Envelope, raw: bytes, *, queue_id: str, now: float, ip: str, helo: str,
-               hostname: str, is_tls: bool, prefer: str) -> list[tuple]:
-    """The new_mail rows for this message, one per recipient, in store.COLUMNS order."""
+               hostname: str, is_tls: bool, prefer: str, crlf_only: bool = False) -> list[tuple]:
+    """The new_mail rows for this message, one per recipient, in store.COLUMNS order.
+    ``crlf_only``: every CR and LF of ``raw`` is part of a CRLF (Data.crlf_only)."""
     protocol = ("UTF8SMTP" if envelope.smtputf8 else "ESMTP") + ("S" if is_tls else "")
     mail = Blob((received_header(helo=helo, ip=ip, hostname=hostname, protocol=protocol,
                                  queue_id=queue_id, recipients=envelope.recipients, now=now), raw))
-    parsed = parse_message(raw, prefer)
+    parsed = parse_message(raw, prefer, crlf_only)
     date = _STAMPS.at(now).column
     hashes = row_hashes(queue_id, len(envelope.recipients))
     return [

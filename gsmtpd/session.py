@@ -405,16 +405,16 @@ class Session:
             log.info("refused ip=%s from=<%s> size=%d reply=550 bare LF", self.ip, envelope.sender, data.size)
             reply = R.BARE_LF
         else:
-            reply = self.deliver(envelope, data.message)
+            reply = self.deliver(envelope, data.message, data.crlf_only)
         metrics.M.message(reply.code, data.size, len(envelope.recipients))
         self.reply(reply)
 
-    def deliver(self, envelope: Envelope, message: bytes) -> R.Reply:
+    def deliver(self, envelope: Envelope, message: bytes, crlf_only: bool = False) -> R.Reply:
         queue_id = new_queue_id()
         now = time.time()
         rows = build_rows(envelope, message, queue_id=queue_id, now=now, ip=self.ip,
                           helo=self.helo or "", hostname=self.config.hostname,
-                          is_tls=self.is_tls, prefer=self.config.prefer)
+                          is_tls=self.is_tls, prefer=self.config.prefer, crlf_only=crlf_only)
         verdict = self.server.store.save(rows)
         reply = R.queued(queue_id) if verdict is Verdict.STORED else VERDICT_REPLIES[verdict]
         if verdict is Verdict.STORED:

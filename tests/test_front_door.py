@@ -13,6 +13,7 @@ import time
 import pytest
 
 from conftest import message
+from gsmtpd.wire import Wire
 from tcp_proxy import free_port
 
 QUEUED = re.compile(r"^250 2\.0\.0 OK: queued as ([0-9a-f]{32})$")
@@ -492,3 +493,17 @@ def test_xclient_moves_the_per_address_count_to_the_real_client(sqlite_store, gs
     assert second.command("XCLIENT ADDR=192.0.2.44") == \
         "421 4.7.0 Too many connections from your address, try again later"
     assert second.closed()
+
+
+@pytest.mark.parametrize("content,crlf_only,bare_lf", [
+    (b"a\r\nb\r\n", True, False),
+    (b"a\rb\r\n", False, False),        # a bare CR
+    (b"a\nb\r\n", False, True),         # a bare LF
+    (b"a\n\rb\r\n", False, True),       # as many CRs as LFs, none of them a pair
+    (b"", True, False),
+])
+def test_line_ends_of_a_message_are_told_apart(content, crlf_only, bare_lf):
+    """Wire tells the MIME parser when every CR and LF is a CRLF (a quicker body path)."""
+    data = Wire._unstuff(bytearray(b"\r\n" + content), "reject", 1000)
+    assert (data.crlf_only, data.bare_lf) == (crlf_only, bare_lf)
+    assert data.message == content
