@@ -102,6 +102,23 @@ def test_dot_stuffing_is_undone_and_crlf_kept(any_store, gsmtpd_server):
     assert mail.endswith(b"\r\n\r\n.leading dot\r\n..two\r\n")
 
 
+@pytest.mark.parametrize("wire,stored", [
+    (b"Subject: dots\r\n\r\nfirst\r\n..second\r\n.\r\n", b"first\r\n.second\r\n"),
+    (b"..\r\n.\r\n", b".\r\n"),                                      # only a stuffed dot
+    (b"Subject: lf\r\n\r\nfirst\n..second\r\n.\r\n", b"first\r\n.second\r\n"),  # bare LF, normalized
+])
+def test_dot_stuffing_split_across_reads(sqlite_store, gsmtpd_server, wire, stored):
+    """Sent a byte at a time, so the stuffed dot and the end of data arrive split every
+    way between reads."""
+    server = gsmtpd_server(sqlite_store)
+    client = server.raw()
+    client.start_data()
+    for octet in wire:
+        client.send(bytes([octet]))
+    assert QUEUED.match(client.reply())
+    assert bytes(sqlite_store.rows()[0]["mail"]).endswith(stored)
+
+
 def test_pipelined_transaction_gets_one_reply_per_command_in_order(any_store, gsmtpd_server):
     server = gsmtpd_server(any_store)
     client = server.raw()
