@@ -338,19 +338,7 @@ class Arbiter:
             sock.close()
         self.kill_all(signal.SIGTERM if graceful else signal.SIGQUIT)
         limit = self.config.graceful_timeout + KILL_MARGIN if graceful else QUICK_TIMEOUT
-        deadline = time.monotonic() + limit
-        while self.workers and time.monotonic() < deadline:
-            try:
-                event = self.events.get(timeout=0.1)
-            except Empty:
-                continue
-            if isinstance(event, tuple):
-                self.handle_exit(*event[1:])
-            elif graceful and event in (signal.SIGINT, signal.SIGQUIT):
-                log.info("quick stop requested during the graceful one")
-                graceful = False
-                self.kill_all(signal.SIGQUIT)
-                deadline = min(deadline, time.monotonic() + QUICK_TIMEOUT)
+        self.reap_all(limit, quick_on_signal=graceful)
         if self.workers:
             log.warning("workers %s still running after %.0fs: killing them",
                         ",".join(map(str, self.workers)), limit)
@@ -373,7 +361,10 @@ class Arbiter:
             self.reap_all(timeout=5.0)
         return EXIT_START_FAILED
 
-    def reap_all(self, timeout: float) -> None:
+    def reap_all(self, timeout: float, quick_on_signal: bool = False) -> None:
+        """Wait up to ``timeout`` for the workers to exit. With ``quick_on_signal`` (a
+        graceful stop), INT or QUIT meanwhile makes it quick: the workers get QUIT and the
+        wait shrinks to QUICK_TIMEOUT."""
         deadline = time.monotonic() + timeout
         while self.workers and time.monotonic() < deadline:
             try:
@@ -382,6 +373,11 @@ class Arbiter:
                 continue
             if isinstance(event, tuple):
                 self.handle_exit(*event[1:])
+            elif quick_on_signal and event in (signal.SIGINT, signal.SIGQUIT):
+                log.info("quick stop requested during the graceful one")
+                quick_on_signal = False
+                self.kill_all(signal.SIGQUIT)
+                deadline = min(deadline, time.monotonic() + QUICK_TIMEOUT)
 
     def kill_all(self, signum: int) -> None:
         for worker in list(self.workers.values()):

@@ -121,6 +121,22 @@ def test_int_is_a_quick_stop(sqlite_store, gsmtpd_server):
     assert not any(alive(pid) for pid in workers)
 
 
+def test_int_during_a_graceful_stop_makes_it_quick(sqlite_store, gsmtpd_server):
+    server = gsmtpd_server(sqlite_store, workers=2, graceful_timeout=60)
+    workers = wait_workers(server, 2)
+    stalled = server.raw()
+    start_data(stalled)
+    server.proc.send_signal(signal.SIGTERM)
+    server.wait_log("stopping: no new connections")
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(15) == 0
+    assert time.monotonic() - started < 8, "not the 60 s of the graceful stop"
+    assert "quick stop requested during the graceful one" in server.log()
+    assert stalled.closed()
+    assert not any(alive(pid) for pid in workers)
+
+
 def test_workers_stop_when_the_master_is_killed(sqlite_store, gsmtpd_server):
     server = gsmtpd_server(sqlite_store, workers=2)
     workers = wait_workers(server, 2)
