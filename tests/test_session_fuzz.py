@@ -151,16 +151,22 @@ class Dialogue(RuleBasedStateMachine):
         if reply.startswith(b"221 "):
             self.expect_close()
             return False
-        if reply.startswith(b"5"):
-            self.errors += 1
-            if self.errors >= MAX_ERRORS:
-                final = self.read_reply()
-                assert final is not None and final.startswith(b"421 4.7.0 "), final
-                self.expect_close()
-                return False
+        if reply.startswith(b"5") and not self.count_error():
+            return False
         if reply.startswith(b"354 "):
             return self.send_data(self.data_body)
         assert not reply.startswith(b"421"), f"421 without cause after {what[:80]!r}: {reply!r}"
+        return True
+
+    def count_error(self) -> bool:
+        """A 5xx counts towards the limit; at the limit the server says 421 and closes.
+        False when the session has ended."""
+        self.errors += 1
+        if self.errors >= MAX_ERRORS:
+            final = self.read_reply()
+            assert final is not None and final.startswith(b"421 4.7.0 "), final
+            self.expect_close()
+            return False
         return True
 
     def send_data(self, data: bytes) -> bool:
@@ -168,13 +174,8 @@ class Dialogue(RuleBasedStateMachine):
         reply = self.read_reply()
         assert reply is not None, "server closed after the data"
         assert re.match(rb"(250 2\.0\.0 OK: queued as [0-9a-f]{32}|552 5\.3\.4 |451 |554 )", reply), reply
-        if reply.startswith(b"5"):
-            self.errors += 1
-            if self.errors >= MAX_ERRORS:
-                final = self.read_reply()
-                assert final is not None and final.startswith(b"421 4.7.0 "), final
-                self.expect_close()
-                return False
+        if reply.startswith(b"5") and not self.count_error():
+            return False
         return True
 
     # -- the rules
