@@ -4,8 +4,12 @@ Rows go out as multi-row INSERTs, prepared once per connection and executed with
 binary protocol (gsmtpd/mysql_protocol.py): values travel as length-prefixed bytes, so we
 escape nothing and the server lexes no 1 MiB string literal, and a message's raw mail is
 sent from the session's buffer without being copied into a statement. Each
-COM_STMT_EXECUTE is kept under the server's max_allowed_packet; all of a batch's statements
-are one transaction with one COMMIT.
+COM_STMT_EXECUTE is kept under the server's max_allowed_packet.
+
+The connection is in autocommit mode. A batch that goes out as one statement (the usual
+case: up to 32 rows of messages that fit in a packet) is one round trip: its OK packet comes
+after the commit. A batch of several statements runs them in one transaction (BEGIN ...
+COMMIT), so a batch is stored whole or not at all either way.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ from .store import (COLUMNS, Backend, Pending, RowRefused, StoreMisconfigured, S
 log = logging.getLogger("gsmtpd.store.mysql")
 
 HASH = COLUMNS.index("hash")
+# The columns that get no str value: all others are text, in utf8mb4 (schema.sql).
+NOT_TEXT = {"date", "mail", "spam_score", "is_tls", "size", "has_attach"}
 INSERT_PREFIX = "INSERT INTO `new_mail` (" + ",".join(f"`{c}`" for c in COLUMNS) + ") VALUES "
 ROW_PLACEHOLDERS = "(" + ",".join("?" * len(COLUMNS)) + ")"
 # Room for the COM_STMT_EXECUTE header and the packet headers inside max_allowed_packet,
@@ -67,6 +73,16 @@ def statement_sizes(count: int) -> list[int]:
     return sizes + [count] if count else sizes
 
 
+def _split(run: list[Row]) -> list[list[Row]]:
+    """A run of rows as the statements of statement_sizes; each is a part of the run, so it
+    fits in a packet too."""
+    statements, start = [], 0
+    for count in statement_sizes(len(run)):
+        statements.append(run[start:start + count])
+        start += count
+    return statements
+
+
 def _first_hashes(batch: list[Pending], verdicts: list[Verdict]) -> list[str]:
     """The queue id (first row's hash) of each message of the batch still to be stored."""
     return [p.rows[0][HASH] for p, v in zip(batch, verdicts) if v is Verdict.STORED and p.rows]
@@ -76,7 +92,7 @@ class MySQLBackend(Backend):
     def __init__(self, host: str, port: int, user: str, password: str, database: str,
                  unix_socket: str | None, timeout: float):
         self.params = dict(host=host, port=port, user=user, password=password, database=database,
-                           unix_socket=unix_socket, charset="utf8mb4", autocommit=False,
+                           unix_socket=unix_socket, charset="utf8mb4", autocommit=True,
                            connect_timeout=max(1, min(int(timeout), 10)),
                            read_timeout=timeout, write_timeout=timeout,
                            max_allowed_packet=1 << 30)
@@ -86,6 +102,10 @@ class MySQLBackend(Backend):
         self.max_packet = 16 << 20
         self.last_used = 0.0
         self.schema_ready = False    # CREATE TABLE once: on reconnects it would wait on locks
+        self.text_type = mysql_protocol.STRING_TYPE
+        # True while a commit is under way (a COMMIT, or a lone autocommitted INSERT): if the
+        # connection breaks then, the rows may or may not be there.
+        self.committing = False
 
     def connect(self, timeout: float | None = None) -> None:
         """Open a connection; ``timeout`` overrides the connect and read timeouts."""
@@ -101,6 +121,7 @@ class MySQLBackend(Backend):
                     cur.execute(resources.files("gsmtpd").joinpath("schema.sql").read_text())
                 cur.execute("SELECT @@max_allowed_packet")
                 self.max_packet = int(cur.fetchone()[0])
+                self.text_type = self._text_type(cur)
             conn.commit()
         except pymysql.err.MySQLError as exc:
             code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
@@ -113,6 +134,18 @@ class MySQLBackend(Backend):
         self.statements = mysql_protocol.PreparedStatements(conn, STATEMENT_CACHE)
         self.schema_ready = True
         self.last_used = time.monotonic()
+
+    @staticmethod
+    def _text_type(cur) -> bytes:
+        """How to send text (mysql_protocol.encode_row): as raw UTF-8 when every text
+        column we write is utf8mb4, as schema.sql makes them. A table made otherwise by
+        hand (a latin1 body, say) gets strings the server converts into its charset."""
+        names = [column for column in COLUMNS if column not in NOT_TEXT]
+        cur.execute("SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+                    "AND TABLE_NAME = 'new_mail' AND COLUMN_NAME IN %s AND CHARACTER_SET_NAME = 'utf8mb4'",
+                    (names,))
+        all_utf8mb4 = cur.fetchone()[0] == len(names)
+        return mysql_protocol.BLOB_TYPE if all_utf8mb4 else mysql_protocol.STRING_TYPE
 
     def row_limit(self) -> int:
         return self.max_packet - PACKET_SLACK
@@ -132,19 +165,21 @@ class MySQLBackend(Backend):
             self.connect()
         elif time.monotonic() - self.last_used > IDLE_PING_SECONDS:
             self._revive()
-        committing = False
+        self.committing = False
         try:
             try:
-                self._insert(batch, verdicts)
+                self._store(self._statements(batch, verdicts))
             except PERMANENT:
-                # One message's rows were refused; InnoDB undid only that statement, but we
-                # cannot tell which message it was: redo the batch one message at a time.
+                # One message's rows were refused and nothing of the batch was committed
+                # (a statement is atomic, a transaction rolled back), but we cannot tell
+                # which message it was: redo the batch one message at a time.
+                self.committing = False
                 self.conn.rollback()
+                self.conn.begin()
                 self._insert_one_by_one(batch, verdicts)
-            committing = True
-            self.conn.commit()
+                self._commit()
         except (pymysql.err.MySQLError, OSError) as exc:
-            if committing:
+            if self.committing:
                 committed = self._was_committed(batch, verdicts)
                 if committed:
                     log.warning("the COMMIT's answer was lost but the rows are there: %s", exc)
@@ -157,6 +192,24 @@ class MySQLBackend(Backend):
             raise TransientError(str(exc)) from exc
         self.last_used = time.monotonic()
         return verdicts
+
+    def _store(self, statements: list[list[Row]]) -> None:
+        """Insert and commit. One statement is committed by itself (autocommit): its OK
+        packet, one round trip after it was sent, says the rows are stored. Several run in
+        a transaction, so that a batch is never half stored."""
+        if len(statements) == 1:
+            prepared = self.statements.get(insert_sql(len(statements[0])))
+            self.committing = True
+            mysql_protocol.execute(self.conn, prepared, statements[0])
+            return
+        if statements:
+            self.conn.begin()
+            self._execute(statements)
+            self._commit()
+
+    def _commit(self) -> None:
+        self.committing = True
+        self.conn.commit()
 
     def _was_committed(self, batch: list[Pending], verdicts: list[Verdict]) -> bool | None:
         """The connection broke after COMMIT was sent: did it happen? One quick look on a
@@ -186,14 +239,18 @@ class MySQLBackend(Backend):
             log.info("idle MySQL connection was closed by the server; reconnecting")
             self.connect()
 
-    def _insert(self, batch: list[Pending], verdicts: list[Verdict]) -> None:
-        """The batch's rows in runs that each fit in one COM_STMT_EXECUTE (under
-        max_allowed_packet); a message too big for any is refused alone, before anything
-        is sent."""
+    def _statements(self, batch: list[Pending], verdicts: list[Verdict]) -> list[list[Row]]:
+        """The rows of the batch's messages, grouped as the statements that insert them:
+        runs that each fit in one COM_STMT_EXECUTE (under max_allowed_packet), each cut in
+        the sizes of statement_sizes. A message too big for any is refused alone (its
+        verdict is set here), before anything is sent."""
         limit = self.row_limit()
+        statements: list[list[Row]] = []
         run: list[Row] = []
         run_size = 0
         for index, pending in enumerate(batch):
+            if verdicts[index] is not Verdict.STORED:
+                continue
             try:
                 rows = self._rows(pending, limit)
             except RowRefused as refused:
@@ -201,21 +258,17 @@ class MySQLBackend(Backend):
                 continue
             for row in rows:
                 if run and (run_size + row.size > limit or len(run) == MAX_ROWS_PER_STATEMENT):
-                    self._execute(run)
+                    statements += _split(run)
                     run, run_size = [], 0
                 run.append(row)
                 run_size += row.size
         if run:
-            self._execute(run)
+            statements += _split(run)
+        return statements
 
-    def _execute(self, run: list[Row]) -> None:
-        """One run of rows, as the statements of statement_sizes; each is a part of the
-        run, so it fits in a packet too."""
-        start = 0
-        for count in statement_sizes(len(run)):
-            statement = self.statements.get(insert_sql(count))
-            mysql_protocol.execute(self.conn, statement, run[start:start + count])
-            start += count
+    def _execute(self, statements: list[list[Row]]) -> None:
+        for rows in statements:
+            mysql_protocol.execute(self.conn, self.statements.get(insert_sql(len(rows))), rows)
 
     def _insert_one_by_one(self, batch: list[Pending], verdicts: list[Verdict]) -> None:
         """A savepoint per message: its rows may take more than one statement, and when a
@@ -227,20 +280,19 @@ class MySQLBackend(Backend):
                     continue
                 cur.execute("SAVEPOINT one_message")
                 try:
-                    self._insert([pending], verdicts[index:index + 1])
+                    self._execute(self._statements([pending], verdicts[index:index + 1]))
                 except PERMANENT as exc:
                     log.warning("database refused a message: %s", exc)
                     cur.execute("ROLLBACK TO SAVEPOINT one_message")
                     verdicts[index] = Verdict.REFUSED
 
-    @staticmethod
-    def _rows(pending: Pending, limit: int) -> list[Row]:
+    def _rows(self, pending: Pending, limit: int) -> list[Row]:
         """The message's rows in wire form; the body and the raw mail, shared by every row
         of a message, are encoded once."""
         shared: dict[int, tuple] = {}
         rows = []
         for values in pending.rows:
-            row = mysql_protocol.encode_row(values, shared)
+            row = mysql_protocol.encode_row(values, shared, self.text_type)
             if row.size > limit:
                 raise RowRefused(Verdict.TOO_BIG, f"row of {row.size} bytes > max_allowed_packet")
             rows.append(row)

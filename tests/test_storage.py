@@ -146,8 +146,37 @@ def test_every_byte_value_survives_the_round_trip(any_store, gsmtpd_server):
     assert all(bytes(row["mail"]).endswith(b"\r\n\r\n" + raw.split(b"\r\n\r\n", 1)[1]) for row in rows)
 
 
-def test_a_commit_whose_answer_is_lost_is_checked_not_guessed(mysql_store, gsmtpd_server):
-    """The connection breaks after COMMIT reached MariaDB: the writer looks on a fresh
+# Where a batch's commit happens: a lone INSERT statement commits itself (autocommit), so
+# its own answer is the one lost; several statements run in a transaction ended by COMMIT.
+# 33 recipients are 33 rows, which go out as two statements (32 + 1).
+COMMIT_PATHS = {"one statement": 1, "a transaction": 33}
+
+
+def send_and_cut_the_commit(server, proxy: TcpProxy, subject: str, recipients: int,
+                            then_stop: bool = False) -> int:
+    """Send one message to ``recipients`` mailboxes, and have the proxy drop the database
+    connection once the statement that commits it has gone through, before its answer is
+    back. Returns the reply code to DATA."""
+    raw = message(subject=subject)
+    if recipients == 1:
+        # The Message-ID is the INSERT's last parameter: seeing it, the whole statement went.
+        cut = re.search(rb"Message-ID: <([^>]+)>", raw).group(1)
+    else:
+        cut = b"COMMIT"
+    proxy.cut_after(cut, then_stop=then_stop)
+    with server.smtp() as client:
+        client.ehlo()
+        client.mail("a@example.org")
+        for n in range(recipients):
+            client.rcpt(f"r{n}@test.org")
+        code, _ = client.data(raw)
+    assert proxy.cut_done.wait(5), "the proxy never saw the statement that commits"
+    return code
+
+
+@pytest.mark.parametrize("path", COMMIT_PATHS)
+def test_a_commit_whose_answer_is_lost_is_checked_not_guessed(mysql_store, gsmtpd_server, path):
+    """The connection breaks after the commit reached MariaDB: the writer looks on a fresh
     connection, finds the rows, and the client gets its 250 (not a 451 that would make it
     send a duplicate)."""
     proxy = TcpProxy((MYSQL_HOST, MYSQL_PORT))
@@ -155,18 +184,18 @@ def test_a_commit_whose_answer_is_lost_is_checked_not_guessed(mysql_store, gsmtp
     try:
         server = gsmtpd_server(proxied_store(mysql_store, proxy), workers=1)
         assert try_send(server, "warm up")[0] == 250
-        proxy.cut_after(b"COMMIT")
-        assert try_send(server, "answer lost")[0] == 250
-        assert proxy.cut_done.wait(5), "the proxy never saw the COMMIT"
+        assert send_and_cut_the_commit(server, proxy, "answer lost", COMMIT_PATHS[path]) == 250
         server.wait_log(r"the COMMIT's answer was lost but the rows are there")
         assert try_send(server, "after")[0] == 250
     finally:
         proxy.stop()
-    assert [r["subject"] for r in mysql_store.rows()] == ["warm up", "answer lost", "after"]
+    subjects = [r["subject"] for r in mysql_store.rows()]
+    assert subjects == ["warm up"] + ["answer lost"] * COMMIT_PATHS[path] + ["after"]
 
 
-def test_a_commit_that_cannot_be_checked_gets_451_and_names_the_message_in_doubt(mysql_store, gsmtpd_server):
-    """The COMMIT reached MariaDB, its answer was lost, and the database cannot be asked
+@pytest.mark.parametrize("path", COMMIT_PATHS)
+def test_a_commit_that_cannot_be_checked_gets_451_and_names_the_message_in_doubt(mysql_store, gsmtpd_server, path):
+    """The commit reached MariaDB, its answer was lost, and the database cannot be asked
     (it seems gone): never a 250 on a guess. 451 makes the sender retry, and the log names
     the queue id whose row may be there, so an operator can find the duplicate."""
     proxy = TcpProxy((MYSQL_HOST, MYSQL_PORT))
@@ -174,12 +203,12 @@ def test_a_commit_that_cannot_be_checked_gets_451_and_names_the_message_in_doubt
     try:
         server = gsmtpd_server(proxied_store(mysql_store, proxy), workers=1, save_timeout=4)
         assert try_send(server, "warm up")[0] == 250
-        proxy.cut_after(b"COMMIT", then_stop=True)
-        assert try_send(server, "in doubt")[0] == 451
-        assert proxy.cut_done.wait(5), "the proxy never saw the COMMIT"
+        assert send_and_cut_the_commit(server, proxy, "in doubt", COMMIT_PATHS[path], then_stop=True) == 451
         line = server.wait_log(r"COMMIT outcome unknown, answering 451.* in_doubt=([0-9a-f]{32})")
     finally:
         proxy.stop()
-    rows = {r["subject"]: r["hash"] for r in mysql_store.rows()}
-    assert set(rows) == {"warm up", "in doubt"}, "this COMMIT did happen: the row is there"
-    assert line.group(1) == rows["in doubt"]
+    rows = mysql_store.rows()
+    assert {r["subject"] for r in rows} == {"warm up", "in doubt"}, "this commit did happen: the rows are there"
+    assert len(rows) == 1 + COMMIT_PATHS[path]
+    # The queue id is the first recipient's row's hash.
+    assert line.group(1) == next(r["hash"] for r in rows if r["subject"] == "in doubt")
