@@ -144,8 +144,21 @@ def encode_value(value: object) -> tuple[bytes, tuple[bytes, ...] | None]:
     raise TypeError(f"cannot store {type(value).__name__}")
 
 
-# Values that are always encoded the same way: no work at all.
-_FIXED = {type(None): (NULL_TYPE, None)}
+# The length prefix of a value shorter than 251 bytes: its one length byte.
+_SHORT_PREFIX = [bytes((size,)) for size in range(251)]
+_NULL = (NULL_TYPE, None)
+_FALSE = (TINY_TYPE, (b"\x00",))
+_TRUE = (TINY_TYPE, (b"\x01",))
+# encode_value by exact type, without its chain of isinstance() checks; anything else (a
+# subclass) goes through encode_value.
+_ENCODERS = {
+    type(None): lambda value: _NULL,
+    bool: lambda value: _TRUE if value else _FALSE,
+    int: _int_value,
+    float: lambda value: (DOUBLE_TYPE, (struct.pack("<d", value),)),
+    datetime.datetime: lambda value: (DATETIME_TYPE, (_datetime_value(value),)),
+    Blob: lambda value: (BLOB_TYPE, _blob_value(value)),
+}
 
 
 def encode_row(values: Iterable[object], shared: dict[int, tuple] | None = None,
@@ -168,14 +181,16 @@ def encode_row(values: Iterable[object], shared: dict[int, tuple] | None = None,
             # the encoding (a row is about 18 values, and a message may be many rows).
             data = value.encode("utf-8", "replace")
             types.append(text_type)
-            pieces.append(bytes((len(data),)) + data if len(data) < 251 else length_prefix(len(data)) + data)
+            size = len(data)
+            pieces.append(_SHORT_PREFIX[size] + data if size < 251 else length_prefix(size) + data)
             continue
         if shared is not None and isinstance(value, str) and len(value) >= DIRECT_WRITE:
             encoded = shared.get(id(value))
             if encoded is None:
                 encoded = shared[id(value)] = encode_value(value)
         else:
-            encoded = _FIXED.get(type(value)) or encode_value(value)
+            encoder = _ENCODERS.get(type(value))
+            encoded = encoder(value) if encoder is not None else encode_value(value)
         kind, value_pieces = encoded
         types.append(text_type if kind is STRING_TYPE else kind)
         if value_pieces is None:
@@ -282,11 +297,17 @@ def write_command(conn: pymysql.connections.Connection, pieces: list) -> None:
     if conn._sock is None:
         raise pymysql.err.InterfaceError(0, "")      # what _execute_command says when closed
     length = sum(map(len, pieces))
-    if length < MAX_PAYLOAD:
-        wire, sequence = [_packet_header(length, 0), *pieces], 1
+    if length < DIRECT_WRITE:
+        # A small command (a few rows of 4 KB mail): copying it whole is cheaper than
+        # looking at each piece.
+        conn._write_bytes(b"".join([_packet_header(length, 0), *pieces]))
+        sequence = 1
     else:
-        wire, sequence = _split_into_packets(pieces, length)
-    _write_gathered(conn, wire)
+        if length < MAX_PAYLOAD:
+            wire, sequence = [_packet_header(length, 0), *pieces], 1
+        else:
+            wire, sequence = _split_into_packets(pieces, length)
+        _write_gathered(conn, wire)
     conn._next_seq_id = sequence      # the answer's first packet comes with this id
 
 
