@@ -6,6 +6,8 @@ as ENHANCEDSTATUSCODES, RFC 2034). Dialogue code sends ``R.NESTED_MAIL``, never 
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 
 class Reply(bytes):
     """A complete reply line with its CRLF; ``.code`` is the three-digit number."""
@@ -47,14 +49,17 @@ CANNOT_VRFY = reply(252, "2.5.0", "Cannot VRFY user, but will accept message and
 HELP = reply(214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP")
 
 
+@lru_cache(maxsize=256)   # made for every connection
 def greeting(hostname: str) -> Reply:
     return Reply(f"220 {hostname} ESMTP gsmtpd\r\n".encode())
 
 
+@lru_cache(maxsize=256)   # made for every connection
 def goodbye(hostname: str) -> Reply:
     return reply(221, "2.0.0", f"{hostname} Bye")
 
 
+@lru_cache(maxsize=256)   # made for every connection
 def helo_ok(hostname: str, client: str) -> Reply:
     return Reply(f"250 {hostname} Hello {client}\r\n".encode())
 

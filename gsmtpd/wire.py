@@ -66,8 +66,9 @@ class Wire:
         self.waiting = False         # blocked in recv with every reply sent
         self.expires: float | None = None   # while blocked on the socket: when to give up
         self.hub = get_hub()
-        # Readiness of the plain connection, to wait on before reading (see _recv).
-        self.readable = self.hub.loop.io(sock.fileno(), 1)
+        # Readiness of the plain connection, to wait on before reading (see _recv): the
+        # gevent socket's own read watcher when it has one (making one costs an fcntl).
+        self.readable = getattr(sock, "_read_event", None) or self.hub.loop.io(sock.fileno(), 1)
 
     def use_socket(self, sock) -> None:
         """Go on over ``sock``, the same connection after a TLS handshake. Reads no longer
