@@ -27,6 +27,7 @@ from . import replies as R
 from .address import AllowedHosts
 from .config import ListenerSpec, listeners
 from .limits import SharedAddressCounts
+from .runners import Runners
 from .session import Session, shutting_down
 from .store import Store
 
@@ -40,6 +41,15 @@ WATCHDOG_TICKS_PER_TIMEOUT = 10
 # Made at import, so a master that imports this module before forking shares it with
 # every worker: the per-address limit holds for the whole server.
 ADDRESS_COUNTS = SharedAddressCounts()
+
+
+class Listener(StreamServer):
+    """Accepts in the event loop and hands each connection over (``spawn=None``: the
+    handler is called in the loop, and only hands over). The runner that serves the
+    connection closes it, not the listener once the handler returns."""
+
+    def do_close(self, sock, *args) -> None:
+        pass
 
 
 def bind(spec: ListenerSpec) -> socket.socket:
@@ -93,6 +103,7 @@ class Server:
         self.sessions: set[Session] = set()
         self.accepting = False
         self.watchdog = None         # a repeating libev timer while serving
+        self.runners = Runners(self.handle)
         self.apply(config)
 
     def apply(self, config) -> None:
@@ -136,7 +147,7 @@ class Server:
         if self.bound is None:
             self.bound = bind_all(self.config)
         for spec, sock in self.bound:
-            listener = StreamServer(sock, lambda s, a, spec=spec: self.handle(spec, s, a))
+            listener = Listener(sock, lambda s, a, spec=spec: self.runners.hand(spec, s, a), spawn=None)
             listener.start()
             self.listeners.append(listener)
         if announce_listeners:
@@ -154,16 +165,20 @@ class Server:
         return any(address in network for network in self.trusted)
 
     def handle(self, spec: ListenerSpec, sock, address) -> None:
-        if not self.accepting or len(self.sessions) >= self.config.max_clients:
-            self.refuse(sock, address[0], R.TOO_BUSY if self.accepting else R.SHUTTING_DOWN)
-            return
-        session = Session(sock, address, self, spec)
-        session.greenlet = gevent.getcurrent()
-        self.sessions.add(session)
+        """One connection, start to end (in a runner greenlet); closes the socket."""
         try:
-            session.run()
+            if not self.accepting or len(self.sessions) >= self.config.max_clients:
+                self.refuse(sock, address[0], R.TOO_BUSY if self.accepting else R.SHUTTING_DOWN)
+                return
+            session = Session(sock, address, self, spec)
+            session.greenlet = gevent.getcurrent()
+            self.sessions.add(session)
+            try:
+                session.run()
+            finally:
+                self.sessions.discard(session)
         finally:
-            self.sessions.discard(session)
+            sock.close()
 
     def admit(self, ip: str) -> bool:
         """Count a client address; False past max_per_ip. Paired with ``release``."""
@@ -198,6 +213,7 @@ class Server:
         for listener in self.listeners:
             listener.stop(timeout=0)
         self.listeners.clear()
+        self.runners.stop()
         if self.watchdog is not None:
             self.watchdog.stop()
             self.watchdog = None
