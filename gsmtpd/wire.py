@@ -69,12 +69,16 @@ class Wire:
         # Readiness of the plain connection, to wait on before reading (see _recv): the
         # gevent socket's own read watcher when it has one (making one costs an fcntl).
         self.readable = getattr(sock, "_read_event", None) or self.hub.loop.io(sock.fileno(), 1)
+        # The non-blocking socket inside gevent's: send() and recv() on it skip a Python
+        # wrapper (two a command); the wire does the waiting itself.
+        self.raw = getattr(sock, "_sock", None)
 
     def use_socket(self, sock) -> None:
         """Go on over ``sock``, the same connection after a TLS handshake. Reads no longer
         wait on readiness first: TLS may hold decrypted data while the socket is empty."""
         self.sock = sock
         self.readable = None
+        self.raw = None
 
     # --- output
 
@@ -92,7 +96,10 @@ class Wire:
             # may wait for a client that does not read: the watchdog cuts that off.
             self.expires = time.monotonic() + self.read_timeout
             try:
-                sent = self.sock.send(data)
+                try:
+                    sent = (self.raw or self.sock).send(data)
+                except BlockingIOError:     # the raw socket's buffer is full
+                    sent = 0
                 if sent < len(data):
                     self.sock.sendall(data[sent:])
             finally:
@@ -110,11 +117,20 @@ class Wire:
         self.expires = min(deadline, time.monotonic() + self.read_timeout)
         self.waiting = True
         try:
-            if replied and self.readable is not None:
-                # The client answers our reply, so nothing can be there yet: wait for it
-                # first instead of a recv() that fails with EAGAIN (~3 us each, 6 a message).
-                self.hub.wait(self.readable)
-            chunk = self.sock.recv(RECV_SIZE)
+            raw = self.raw
+            if raw is None:
+                chunk = self.sock.recv(RECV_SIZE)
+            else:
+                if replied:
+                    # The client answers our reply, so nothing can be there yet: wait for
+                    # it first instead of a recv() that fails with EAGAIN (~3 us each).
+                    self.hub.wait(self.readable)
+                while True:
+                    try:
+                        chunk = raw.recv(RECV_SIZE)
+                        break
+                    except BlockingIOError:
+                        self.hub.wait(self.readable)
         finally:
             self.waiting = False
             self.expires = None
