@@ -108,6 +108,17 @@ def test_workers_serve_the_shared_listener_and_ps_tells_them_apart(mysql_store, 
     assert len(re.findall(r"listening on 127\.0\.0\.1 port \d+", server.log())) == 1
 
 
+def test_no_line_of_the_master_is_written_again_by_a_worker(sqlite_store, gsmtpd_server):
+    """Lines wait in a buffer until the event loop's turn ends; a worker forked meanwhile
+    must not inherit and write again what the master had not written yet."""
+    server = gsmtpd_server(sqlite_store, workers=4)
+    workers = wait_workers(server, 4)
+    wait_until(lambda: "gsmtpd ready" in server.log(), 15, "ready")
+    started = re.findall(r"\[(\d+)\] INFO \S+: worker (\d+) started", server.log())
+    assert sorted(int(worker) for _, worker in started) == sorted(workers)
+    assert {int(writer) for writer, _ in started} == {server.proc.pid}, "only the master says it"
+
+
 def test_listening_is_logged_once_per_listener_with_the_real_port(sqlite_store, tmp_path):
     config = tmp_path / "two.toml"
     config.write_text('[[listener]]\naddress = "127.0.0.1:0"\n\n[[listener]]\naddress = "127.0.0.1:0"\n')
