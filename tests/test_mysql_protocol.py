@@ -133,6 +133,12 @@ def test_text_into_utf8mb4_columns_goes_as_utf8_bytes_and_comes_back_exactly(bac
     assert backend.write([pending(make_row(stored, **TEXTS))]) == [Verdict.STORED]
     row = mysql_store.rows()[0]
     assert {name: row[name] for name in TEXTS} == TEXTS
+    # Column limits still count characters, not the bytes sent: varchar(255) takes 255
+    # four-byte characters, and refuses a 256th as before.
+    full, over = new_hash(), new_hash()
+    assert backend.write([pending(make_row(full, subject="\U0001f600" * 255)),
+                          pending(make_row(over, subject="\u00e9" * 256))]) == [Verdict.STORED, Verdict.REFUSED]
+    assert mysql_store.rows("hash = %s", (full,))[0]["subject"] == "\U0001f600" * 255
 
 
 def test_a_table_made_with_a_latin1_body_still_gets_converted_text(mysql_store):
