@@ -66,12 +66,11 @@ class Wire:
         self.waiting = False         # blocked in recv with every reply sent
         self.expires: float | None = None   # while blocked on the socket: when to give up
         self.hub = get_hub()
-        # Readiness of the plain connection, to wait on before reading (see _recv): the
-        # gevent socket's own read watcher when it has one (making one costs an fcntl).
-        self.readable = getattr(sock, "_read_event", None) or self.hub.loop.io(sock.fileno(), 1)
-        # The non-blocking socket inside gevent's: send() and recv() on it skip a Python
-        # wrapper (two a command); the wire does the waiting itself.
-        self.raw = getattr(sock, "_sock", None)
+        # gevent's socket wraps a non-blocking socket and a watcher of its readiness. The
+        # wire uses both itself (see _recv and flush), which skips gevent's Python wrapper
+        # around each send() and recv(); any other socket is used through its own methods.
+        self.readable = getattr(sock, "_read_event", None)
+        self.raw = getattr(sock, "_sock", None) if self.readable is not None else None
 
     def use_socket(self, sock) -> None:
         """Go on over ``sock``, the same connection after a TLS handshake. Reads no longer
