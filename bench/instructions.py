@@ -29,7 +29,7 @@ import time
 import pymysql
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import export_rev  # noqa: E402  (bench/run.py: git archive of gsmtpd/ at a commit)
+from run import LISTENING, export_rev, source_argv  # noqa: E402  (bench/run.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WARM_UP = 50
@@ -53,16 +53,16 @@ def main() -> int:
     server = subprocess.Popen(
         ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={workdir}/callgrind.%p",
          sys.executable, "-m", "gsmtpd", "--port", "0", "--listen", "127.0.0.1", "--workers", "1",
-         "--max-per-ip", "1000", "--timeout", "300", "--allowed-hosts", "test.org",
+         "--max-per-ip", "1000", "--timeout", "300", "--allowed-hosts", "*",
          "--store", f"mysql://root@127.0.0.1:3306/{database}", "--logfile", log],
         cwd=workdir, env=dict(os.environ, PYTHONPATH=source), stderr=subprocess.DEVNULL)
     try:
         port = wait_for_port(log, deadline=time.monotonic() + 120)
-        load = ["smtp-source", "-A", *(["-d"] if args.reuse else []), "-s", str(args.sessions),
-                "-l", str(args.size), "-f", "a@example.org", "-t", "b@test.org", f"127.0.0.1:{port}"]
-        subprocess.run(load[:1] + ["-m", str(WARM_UP)] + load[1:], check=True, timeout=600)
+        def load(messages: int) -> list[str]:
+            return source_argv(port, args.size, args.sessions, messages, keep_connection=args.reuse)
+        subprocess.run(load(WARM_UP), check=True, timeout=600)
         subprocess.run(["callgrind_control", "-i", "on", str(server.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-        subprocess.run(load[:1] + ["-m", str(args.messages)] + load[1:], check=True, timeout=1200)
+        subprocess.run(load(args.messages), check=True, timeout=1200)
         time.sleep(1)      # the last commits
         subprocess.run(["callgrind_control", "-i", "off", str(server.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
     finally:
@@ -80,7 +80,7 @@ def main() -> int:
 def wait_for_port(log: str, deadline: float) -> int:
     while time.monotonic() < deadline:
         if os.path.exists(log):
-            found = re.search(r"listening on \S+ port (\d+)", open(log).read())
+            found = LISTENING.search(open(log).read())
             if found:
                 return int(found.group(1))
         time.sleep(0.2)
