@@ -186,6 +186,43 @@ class Sink:
         self.stderr.close()
 
 
+class Floor:
+    """bench/floor.py: a gevent SMTP responder that does no work, as many processes as
+    gsmtpd has workers. The most the fixed design can reach on this machine."""
+
+    def __init__(self, workdir: str, workers: int):
+        self.stderr = open(os.path.join(workdir, "floor.err"), "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(BENCH_DIR, "floor.py"), "--workers", str(workers), "--listen", HOST],
+            stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+        found = LISTENING.search(self.proc.stdout.readline())
+        if found is None:
+            self.stop()
+            raise RuntimeError("bench/floor.py did not say where it listens")
+        self.port = int(found.group(1))
+        wait_for_greeting(self.port, time.monotonic() + 10)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        stop_process(self.proc, 5)
+        self.proc.stdout.close()
+        self.stderr.close()
+
+
+def gsmtpd_workers(extra: list[str]) -> int:
+    """--workers as the bench passes it to gsmtpd (gsmtpd's default: one per CPU)."""
+    workers = os.cpu_count() or 1
+    for i, arg in enumerate(extra):
+        if arg.startswith("--workers="):
+            workers = int(arg.split("=", 1)[1])
+        elif arg == "--workers" and i + 1 < len(extra):
+            workers = int(extra[i + 1])
+    return workers
+
+
 def server_flags(source: str) -> set[str]:
     """The long options this gsmtpd knows, from its --help (older revisions lack some)."""
     done = subprocess.run([sys.executable, "-m", "gsmtpd", "--help"], cwd=source, capture_output=True,
@@ -381,9 +418,10 @@ def mysqld_cpu() -> float:
     return sum(cpu_seconds(pid) or 0.0 for pid in find_pids("mariadbd", "mysqld"))
 
 
-def phase_sink(wl: Workload, messages: int, args, workdir: str, probe: bool) -> dict:
+def phase_sink(wl: Workload, messages: int, args, workdir: str, probe: bool, floor: bool = False) -> dict:
+    """smtp-sink under the load; with ``floor``, bench/floor.py instead."""
     settled = settle()
-    sink = Sink(workdir, max(1024, wl.sessions + 64))
+    sink = Floor(workdir, gsmtpd_workers(args.extra)) if floor else Sink(workdir, max(1024, wl.sessions + 64))
     try:
         watch = TreeWatch(sink.pid).start()
         watch.mark()
@@ -575,6 +613,15 @@ def report(results: dict) -> str:
             lines.append(f"  {name} gsmtpd log: {problem}")
         if name in ("W3", "W4") and r["gsmtpd"]["peak_rss_mb"] >= RSS_LIMIT_MB:
             lines.append(f"  {name}: peak RSS {r['gsmtpd']['peak_rss_mb']:.0f} MB >= {RSS_LIMIT_MB} MB per worker")
+    floors = [(name, r) for name, r in results["workloads"].items() if "floor_msgs_per_s" in r]
+    if floors:
+        lines.append("")
+        lines.append("floor: bench/floor.py, gevent with canned replies and nothing stored (medians):")
+        for name, r in floors:
+            needed = WORKLOADS[name].target * r["sink_msgs_per_s"]
+            lines.append(f"  {name}: floor {r['floor_msgs_per_s']:.0f} msgs/s = {r['floor_ratio']:.2f} of sink, "
+                         f"{r['floor_cpu_ms_per_msg']:.3f} ms CPU/msg; gsmtpd = {r['gsmtpd_to_floor']:.2f} of floor; "
+                         f"the target needs {needed / r['floor_msgs_per_s']:.2f} of floor")
     w1 = results["workloads"].get("W1")
     if w1 and w1["gsmtpd"]["latency"]:
         lines.append("")
@@ -626,6 +673,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "run with the median ratio")
     parser.add_argument("--idle", type=int, default=5000, help="idle connections to open (IDLE)")
     parser.add_argument("--no-latency", action="store_true", help="no latency probe during W1")
+    parser.add_argument("--floor", action="store_true",
+                        help="also run each load against bench/floor.py, a gevent server that does no "
+                             "work: the most this design reaches here")
     parser.add_argument("--profile", action="store_true",
                         help="after W1, run W1 once more against gsmtpd under py-spy and show the top")
     parser.add_argument("--load-timeout", type=float, default=240.0,
@@ -718,12 +768,17 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.repeat):
                 sink = phase_sink(wl, messages, args, workdir, probe)
                 print(f"  smtp-sink  {sink['msgs_per_s']:8.0f} msgs/s in {sink['wall_s']:.1f} s", flush=True)
+                run = {"sink": sink}
+                if args.floor:
+                    floor = run["floor"] = phase_sink(wl, messages, args, workdir, False, floor=True)
+                    print(f"  floor      {floor['msgs_per_s']:8.0f} msgs/s in {floor['wall_s']:.1f} s, "
+                          f"ratio {floor['msgs_per_s'] / sink['msgs_per_s']:.2f}", flush=True)
                 gsmtpd = phase_gsmtpd(wl, messages, args, workdir, db, probe)
                 ratio = gsmtpd["msgs_per_s"] / sink["msgs_per_s"]
                 print(f"  gsmtpd     {gsmtpd['msgs_per_s']:8.0f} msgs/s in {gsmtpd['wall_s']:.1f} s, "
                       f"ratio {ratio:.2f} (target {wl.target}), acked {gsmtpd['acked']}, "
                       f"rows {gsmtpd['rows']}, lost {gsmtpd['lost']}", flush=True)
-                runs.append({"ratio": ratio, "sink": sink, "gsmtpd": gsmtpd})
+                runs.append({"ratio": ratio, **run, "gsmtpd": gsmtpd})
                 if gsmtpd["lost"] or gsmtpd["rows_not_acked"]:
                     status = 1
             # Sink and gsmtpd rates wander independently (other processes, the kernel), so the
@@ -737,6 +792,12 @@ def main(argv: list[str] | None = None) -> int:
                 "sink_msgs_per_s": sink_rate, "gsmtpd_msgs_per_s": gsmtpd_rate,
                 "lost_total": sum(r["gsmtpd"]["lost"] for r in runs),
                 "ratios": [round(r["ratio"], 3) for r in runs], "runs": runs}
+            if args.floor:
+                floor_rate = statistics.median(r["floor"]["msgs_per_s"] for r in runs)
+                results["workloads"][name].update(
+                    floor_msgs_per_s=floor_rate, floor_ratio=floor_rate / sink_rate,
+                    gsmtpd_to_floor=gsmtpd_rate / floor_rate,
+                    floor_cpu_ms_per_msg=statistics.median(r["floor"]["cpu_ms_per_msg"] for r in runs))
             if name == "W1" and args.profile:
                 os.makedirs(os.path.join(BENCH_DIR, "results"), exist_ok=True)
                 out = os.path.join(BENCH_DIR, "results", f"profile-W1-{time.strftime('%Y%m%d-%H%M%S')}.txt")
