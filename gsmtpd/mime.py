@@ -315,6 +315,14 @@ def _body_text(raw: bytes, entity: _Entity, crlf_only: bool = False) -> tuple[st
         # No MIME charset: the HTML's own <meta charset> (HTML5 8.2.2.2).
         meta = _META_CHARSET.search(data, 0, 2048)
         label = meta.group(1).decode("ascii") if meta else None
+    if (crlf_only and entity.encoding not in (_BASE64, _QUOTED_PRINTABLE) and data.isascii()
+            and not data.endswith(b"\r") and charsets.normalize(label) not in charsets.NOT_ASCII_COMPATIBLE):
+        # Most bodies: ASCII, so any ASCII-compatible charset decodes them a byte to a
+        # character, and every CR starts a CRLF. Dropping the CR bytes before decoding
+        # (memchr) is cheaper than the str replace below: smtp-source's 4 KB message was
+        # parsed in 125k instructions instead of 143k (callgrind).
+        text, charset = charsets.decode(data.replace(b"\r", b""), label)
+        return charsets.clean(text), charset
     text, charset = charsets.decode(data, label)
     if "\r" in text:
         if (crlf_only and entity.encoding not in (_BASE64, _QUOTED_PRINTABLE) and charset in _CR_FOR_CR
