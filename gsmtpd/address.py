@@ -22,7 +22,8 @@ MAX_LABEL = 63
 
 # RFC 5321 4.1.2 / RFC 5322 3.2.3: atext, and Dot-string = Atom *("." Atom).
 _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
-_DOT_STRING = re.compile(rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*\Z")
+_DOT_STRING_TEXT = rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*"
+_DOT_STRING = re.compile(_DOT_STRING_TEXT + r"\Z")
 # RFC 6531 3.3: with SMTPUTF8, atext and sub-domains also take any non-ASCII UTF-8.
 _DOT_STRING_UTF8 = re.compile(rf"[{_ATEXT}\u0080-\U0010ffff]+(?:\.[{_ATEXT}\u0080-\U0010ffff]+)*\Z")
 _QUOTED_STRING = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"\Z')
@@ -30,8 +31,9 @@ _QUOTED_STRING_UTF8 = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010f
 # RFC 5321 4.1.2: sub-domain = Let-dig [Ldh-str]; we allow "_" as real DNS names carry it.
 # ASCII labels are one octet a character, so the 63-octet label limit (RFC 1035 2.3.4) is
 # in the pattern itself.
-_DOMAIN = re.compile(r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
-                     r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?\Z")
+_DOMAIN_TEXT = (r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
+                r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?")
+_DOMAIN = re.compile(_DOMAIN_TEXT + r"\Z")
 _DOMAIN_UTF8 = re.compile(r"(?:[\w\u0080-\U0010ffff](?:[\w\u0080-\U0010ffff-]*[\w\u0080-\U0010ffff])?\.)*"
                           r"[\w\u0080-\U0010ffff](?:[\w\u0080-\U0010ffff-]*[\w\u0080-\U0010ffff])?\.?\Z")
 # RFC 5321 4.1.3: address literals, [1.2.3.4] and [IPv6:...]; the address itself is
@@ -39,6 +41,14 @@ _DOMAIN_UTF8 = re.compile(r"(?:[\w\u0080-\U0010ffff](?:[\w\u0080-\U0010ffff-]*[\
 _ADDRESS_LITERAL = re.compile(r"\[(?:(\d{1,3}(?:\.\d{1,3}){3})|IPv6:([0-9A-Fa-f:.]+))\]\Z", re.I)
 # RFC 5321 4.1.2: A-d-l = At-domain *( "," At-domain ), then ":"; a hop may be a literal.
 _ROUTE_HOP = re.compile(r"@(\[[^\]]*\]|[^,:\[\]]*)([,:])")
+# Nearly every MAIL and RCPT is "FROM:<local@domain>" or "TO:<local@domain>", ASCII and
+# nothing after it: one match takes those whole. The groups are the grammar above
+# (_DOT_STRING, _DOMAIN); everything else goes through the full parser.
+_PLAIN_PATH = {
+    keyword: re.compile("".join(f"[{c}{c.lower()}]" for c in keyword) +
+                        rf":<({_DOT_STRING_TEXT})@({_DOMAIN_TEXT})>\Z")
+    for keyword in ("FROM", "TO")
+}
 # RFC 5321 4.1.2: Esmtp-param = esmtp-keyword ["=" esmtp-value]
 _PARAM = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+))?\Z")
 
@@ -90,6 +100,10 @@ def parse_path(argument: str, keyword: str, null_allowed: bool, utf8: bool = Fal
     """Parse the argument of MAIL ("FROM") or RCPT ("TO"): ``FROM:<a@b> SIZE=10``.
     UTF-8 is allowed in the address when ``utf8`` (the transaction's SMTPUTF8) is true or
     the command itself carries the SMTPUTF8 parameter (RFC 6531 3.4)."""
+    plain = _PLAIN_PATH[keyword].match(argument)
+    if plain and len(argument) - len(keyword) - 1 <= MAX_PATH:    # "<path>" within the limit
+        local, domain = plain.groups()
+        return Path(f"{local}@{domain}", local, domain, {})
     syntax = R.MAIL_SYNTAX if keyword == "FROM" else R.RCPT_SYNTAX
     bad = R.BAD_SENDER if keyword == "FROM" else R.BAD_RECIPIENT
     head, colon, rest = argument.partition(":")

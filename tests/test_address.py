@@ -2,12 +2,14 @@
 valid addresses come back exactly as given; and the RFC 5321 forms real clients send."""
 from __future__ import annotations
 
+import re
 import string
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from gsmtpd import address
 from gsmtpd import replies as R
 from gsmtpd.address import MAX_PATH, AllowedHosts, Path, parse_helo, parse_params, parse_path, valid_domain
 
@@ -268,3 +270,32 @@ def test_allowed_hosts_star_and_case():
     assert "a.example.com" in AllowedHosts(["*.Example.COM."])
     assert "example.com" in AllowedHosts(["Example.COM."])
     assert "example.com" not in AllowedHosts([])
+
+
+# --- the shortcut for plain paths gives what the full parser gives
+
+NEVER = re.compile(r"(?!)")
+long_local = st.integers(240, 262).map(lambda n: "a" * (n - 4))    # "<" + local + "@b>": 240-262 octets
+
+
+def full_parse(*args, **kwargs):
+    """parse_path with its shortcut turned off."""
+    shortcut = address._PLAIN_PATH
+    address._PLAIN_PATH = {"FROM": NEVER, "TO": NEVER}
+    try:
+        return parse_path(*args, **kwargs)
+    finally:
+        address._PLAIN_PATH = shortcut
+
+
+@settings(max_examples=400)
+@given(keyword=st.sampled_from(["FROM", "TO"]), spelled=st.sampled_from(["upper", "lower", "title"]),
+       local=st.one_of(dot_string, quoted_string, long_local, smtpish),
+       domain=st.one_of(domain, domain.map(lambda d: d + "."), ipv4, smtpish,
+                        st.integers(60, 66).map(lambda n: "a" * n + ".test")),
+       tail=st.sampled_from(["", " ", " SIZE=10", ">", " X"]), null_allowed=st.booleans())
+@example(keyword="TO", spelled="upper", local="a" * 251, domain="b", tail="", null_allowed=False)  # 256: fits
+@example(keyword="TO", spelled="upper", local="a" * 252, domain="b", tail="", null_allowed=False)  # 257: too long
+def test_plain_paths_take_a_shortcut_to_the_same_answer(keyword, spelled, local, domain, tail, null_allowed):
+    argument = f"{getattr(keyword, spelled)()}:<{local}@{domain}>{tail}"
+    assert parse_path(argument, keyword, null_allowed) == full_parse(argument, keyword, null_allowed)
