@@ -64,7 +64,8 @@ def helo_ok(hostname: str, client: str) -> Reply:
     return Reply(f"250 {hostname} Hello {client}\r\n".encode())
 
 
-def ehlo_ok(hostname: str, client: str, extensions: list[str]) -> Reply:
+@lru_cache(maxsize=256)   # made for every connection
+def ehlo_ok(hostname: str, client: str, extensions: tuple[str, ...]) -> Reply:
     return multiline(250, [f"{hostname} Hello {client}", *extensions])
 
 

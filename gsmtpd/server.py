@@ -156,6 +156,8 @@ class Server:
         self.accepting = True
 
     def is_trusted(self, ip: str) -> bool:
+        if not self.trusted:         # the usual case, asked at every EHLO: no address parse
+            return False
         try:
             address = ipaddress.ip_address(ip)
         except ValueError:

@@ -71,6 +71,7 @@ class Session:
         self.reading_command = False
         self.admitted = False
         self.xclient_helo: str | None = None   # HELO name a trusted proxy gave in XCLIENT
+        self.debug = log.isEnabledFor(logging.DEBUG)   # log every command (asked once)
 
     # --- the loop
 
@@ -203,7 +204,7 @@ class Session:
         if method is None:
             self.reply(R.UNKNOWN_COMMAND)
             return
-        if log.isEnabledFor(logging.DEBUG):
+        if self.debug:
             log.debug("ip=%s command=%r", self.ip, text[:80])
         method(self, argument.strip(" "))
 
@@ -229,14 +230,14 @@ class Session:
         self.helo, self.esmtp, self.envelope = self.xclient_helo or name, esmtp, None
         return name
 
-    def extensions(self) -> list[str]:
+    def extensions(self) -> tuple[str, ...]:
         extensions = [f"SIZE {self.config.max_size}", "PIPELINING", "8BITMIME", "SMTPUTF8",
                       "ENHANCEDSTATUSCODES"]
         if self.can_starttls():
             extensions.append("STARTTLS")
         if self.server.is_trusted(self.peer_ip):
             extensions.append("XCLIENT NAME ADDR PORT PROTO HELO")
-        return extensions
+        return tuple(extensions)
 
     def can_starttls(self) -> bool:
         return self.listener.tls == "starttls" and not self.is_tls and self.server.tls is not None

@@ -12,7 +12,7 @@ def all_replies() -> dict[str, bytes]:
     found = {name: value for name, value in vars(R).items() if isinstance(value, R.Reply)}
     found.update({
         "greeting": R.greeting("mx.test"), "goodbye": R.goodbye("mx.test"), "queued": R.queued("ab" * 16),
-        "helo_ok": R.helo_ok("mx.test", "c"), "ehlo_ok": R.ehlo_ok("mx.test", "c", ["SIZE 1", "PIPELINING"]),
+        "helo_ok": R.helo_ok("mx.test", "c"), "ehlo_ok": R.ehlo_ok("mx.test", "c", ("SIZE 1", "PIPELINING")),
     })
     return found
 
