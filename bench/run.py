@@ -213,14 +213,14 @@ class Floor:
 
 
 def gsmtpd_workers(extra: list[str]) -> int:
-    """--workers as the bench passes it to gsmtpd (gsmtpd's default: one per CPU)."""
-    workers = os.cpu_count() or 1
+    """--workers as the bench passes it to gsmtpd (none or 0: gsmtpd's default, one per CPU)."""
+    workers = 0
     for i, arg in enumerate(extra):
         if arg.startswith("--workers="):
             workers = int(arg.split("=", 1)[1])
         elif arg == "--workers" and i + 1 < len(extra):
             workers = int(extra[i + 1])
-    return workers
+    return workers or os.cpu_count() or 1
 
 
 def server_flags(source: str) -> set[str]:
@@ -421,20 +421,20 @@ def mysqld_cpu() -> float:
 def phase_sink(wl: Workload, messages: int, args, workdir: str, probe: bool, floor: bool = False) -> dict:
     """smtp-sink under the load; with ``floor``, bench/floor.py instead."""
     settled = settle()
-    sink = Floor(workdir, gsmtpd_workers(args.extra)) if floor else Sink(workdir, max(1024, wl.sessions + 64))
+    server = Floor(workdir, gsmtpd_workers(args.extra)) if floor else Sink(workdir, max(1024, wl.sessions + 64))
     try:
-        watch = TreeWatch(sink.pid).start()
+        watch = TreeWatch(server.pid).start()
         watch.mark()
-        latency = LatencyProbe(HOST, sink.port).start() if probe else None
+        latency = LatencyProbe(HOST, server.port).start() if probe else None
         machine = machine_cpu()
-        load = run_load(sink.port, wl, messages, args.load_timeout)
+        load = run_load(server.port, wl, messages, args.load_timeout)
         machine = busy_pct(machine, machine_cpu())
         ended = time.monotonic()
         if latency:
             latency.stop()
         watch.stop()
     finally:
-        sink.stop()
+        server.stop()
     cpu = watch.cpu_since_mark()
     return {
         "messages": messages, **load, "msgs_per_s": messages / load["wall_s"],
