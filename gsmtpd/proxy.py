@@ -7,6 +7,7 @@ implicit-TLS ClientHello, is taken from the socket by mistake.
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -14,6 +15,12 @@ V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 # "PROXY UNKNOWN\r\n", is 15.
 V1_MAX = 107
 V1_MIN = 15
+# Spec 2.1: a port is a decimal number 0..65535, an address the usual text form. int()
+# and ipaddress are laxer (int() takes "+7", "1_000" and "7\t"; ipaddress takes an IPv6
+# scope "%eth0"), so the characters are checked first; no leading zeros, as in the
+# dotted quad (which ipaddress already refuses with them).
+_V1_PORT = re.compile(r"(?:0|[1-9][0-9]{0,4})\Z")
+_V1_ADDRESS = re.compile(r"[0-9A-Fa-f:.]{2,45}\Z")
 # Spec 2.2: 16 bytes of fixed header, then the addresses and TLVs; bound the total.
 V2_MAX = 16 + 1024
 
@@ -61,16 +68,23 @@ def parse_v1(line: bytes) -> tuple[str, int] | None:
         return None
     if len(words) != 6 or words[1] not in ("TCP4", "TCP6"):
         raise ProxyError(f"bad PROXY v1 header {line[:60]!r}")
-    try:
-        source = ipaddress.ip_address(words[2])
-        ipaddress.ip_address(words[3])
-        port = int(words[4])
-        int(words[5])
-    except ValueError:
-        raise ProxyError(f"bad PROXY v1 header {line[:60]!r}") from None
-    if source.version != (4 if words[1] == "TCP4" else 6) or not 0 <= port <= 65535:
+    version = 4 if words[1] == "TCP4" else 6
+    source, destination = (_v1_address(word, version) for word in words[2:4])
+    ports = [int(word) if _V1_PORT.match(word) else 65536 for word in words[4:6]]
+    if source is None or destination is None or max(ports) > 65535:
         raise ProxyError(f"bad PROXY v1 header {line[:60]!r}")
-    return str(source), port
+    return str(source), ports[0]
+
+
+def _v1_address(word: str, version: int):
+    """The address in ``word`` if it is plain text of that IP version, else None."""
+    if not _V1_ADDRESS.match(word):
+        return None
+    try:
+        address = ipaddress.ip_address(word)
+    except ValueError:
+        return None
+    return address if address.version == version else None
 
 
 def parse_v2(header: bytes) -> tuple[str, int] | None:

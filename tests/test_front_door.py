@@ -205,6 +205,7 @@ def test_proxy_header_from_an_untrusted_peer_closes_the_connection(sqlite_store,
 
 
 @pytest.mark.parametrize("header", [b"PROXY TCP4 not-an-ip 127.0.0.1 1 25\r\n", b"EHLO no-proxy-header\r\n",
+                                    b"PROXY TCP4 192.0.2.1 127.0.0.1 1_000 25\r\n",
                                     b"\r\n\r\n\x00\r\nQUIT\n\x31\x11\x00\x0c" + b"\x00" * 12])
 def test_malformed_proxy_header_closes_the_connection(sqlite_store, gsmtpd_server, tmp_path, header):
     port = free_port()
