@@ -88,10 +88,14 @@ def _valid_ip(text: str, version: int) -> bool:
 
 
 def parse_helo(argument: str) -> str | None:
-    """The HELO/EHLO name, or None when missing. Like Postfix (smtpd_helo_required, no
-    strict check by default) any single word is taken: many real clients send odd names."""
+    """The HELO/EHLO name, or None when missing or when the line holds a control or
+    separator character (a tab, ESC, U+2028...): such a name is refused, never cut at the
+    odd character. Like Postfix (smtpd_helo_required, no strict check by default) any
+    single word is taken: many real clients send odd names."""
+    if not argument.isprintable():      # every control and separator but the ASCII space
+        return None
     words = argument.split()
-    if not words or not words[0].isprintable():
+    if not words:
         return None
     return words[0][:255]
 

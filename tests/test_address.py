@@ -249,6 +249,12 @@ def test_params():
     ("", None),
     ("   ", None),
     ("a\x1bb", None),
+    ("client.example\x1fjunk", None),
+    ("client.example\tjunk", None),
+    ("client.example\x0bjunk", None),
+    ("client.example\x85junk", None),
+    ("client.example\u2028junk", None),
+    ("client.example \x01", None),
 ])
 def test_parse_helo(argument, name):
     assert parse_helo(argument) == name
