@@ -71,6 +71,17 @@ def trace_name(helo: str) -> str:
     return "".join(ch for ch in helo if ch.isprintable() and ch not in "()\\")
 
 
+def protocol_name(*, esmtp: bool, is_tls: bool, smtputf8: bool) -> str:
+    """The "with" of the Received header (RFC 5321 4.4; the IANA Mail Transmission Types
+    of RFC 3848 and RFC 6531): SMTP after HELO, ESMTP after EHLO, an S for TLS, UTF8SMTP
+    for a transaction with SMTPUTF8 (which needs EHLO). The registry has no "SMTPS": a
+    HELO client over TLS is recorded as SMTP (the row's is_tls still says TLS). No A:
+    gsmtpd has no AUTH."""
+    if not esmtp:
+        return "SMTP"
+    return ("UTF8SMTP" if smtputf8 else "ESMTP") + ("S" if is_tls else "")
+
+
 def received_header(*, helo: str, ip: str, hostname: str, protocol: str, queue_id: str,
                     recipients: list[Recipient], now: float) -> bytes:
     """RFC 5321 4.4 trace header; "for" only names a single recipient (privacy, as Postfix)."""
@@ -91,10 +102,12 @@ def parse_message(raw: bytes, prefer: str, crlf_only: bool = False) -> mime.Pars
 
 
 def build_rows(envelope: Envelope, raw: bytes, *, queue_id: str, now: float, ip: str, helo: str,
-               hostname: str, is_tls: bool, prefer: str, crlf_only: bool = False) -> list[tuple]:
+               hostname: str, is_tls: bool, prefer: str, crlf_only: bool = False,
+               esmtp: bool = True) -> list[tuple]:
     """The new_mail rows for this message, one per recipient, in store.COLUMNS order.
-    ``crlf_only``: every CR and LF of ``raw`` is part of a CRLF (Data.crlf_only)."""
-    protocol = ("UTF8SMTP" if envelope.smtputf8 else "ESMTP") + ("S" if is_tls else "")
+    ``crlf_only``: every CR and LF of ``raw`` is part of a CRLF (Data.crlf_only);
+    ``esmtp``: the client said EHLO, not HELO."""
+    protocol = protocol_name(esmtp=esmtp, is_tls=is_tls, smtputf8=envelope.smtputf8)
     mail = Blob((received_header(helo=helo, ip=ip, hostname=hostname, protocol=protocol,
                                  queue_id=queue_id, recipients=envelope.recipients, now=now), raw))
     parsed = parse_message(raw, prefer, crlf_only)

@@ -415,7 +415,8 @@ class Session:
         now = time.time()
         rows = build_rows(envelope, message, queue_id=queue_id, now=now, ip=self.ip,
                           helo=self.helo or "", hostname=self.config.hostname,
-                          is_tls=self.is_tls, prefer=self.config.prefer, crlf_only=crlf_only)
+                          is_tls=self.is_tls, prefer=self.config.prefer, crlf_only=crlf_only,
+                          esmtp=self.esmtp)
         verdict = self.server.store.save(rows)
         reply = R.queued(queue_id) if verdict is Verdict.STORED else VERDICT_REPLIES[verdict]
         if verdict is Verdict.STORED:

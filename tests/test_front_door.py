@@ -65,10 +65,12 @@ def test_starttls_with_a_real_handshake_stores_is_tls_and_esmtps(any_store, gsmt
         assert not client.has_extn("starttls"), "STARTTLS is only offered before TLS is on"
         assert client.sock.version() in ("TLSv1.2", "TLSv1.3")
         client.sendmail("a@example.org", ["b@test.org"], message(subject="secret"))
-    row = any_store.rows()[0]
+        client.sendmail("a@example.org", ["b@test.org"], message(subject="utf8"), mail_options=["SMTPUTF8"])
+    row, utf8 = any_store.rows()
     assert row["is_tls"] == 1
     assert b" with ESMTPS id " in bytes(row["mail"])
-    server.wait_log(r"disconnect ip=127\.0\.0\.1 tls messages=1")
+    assert b" with UTF8SMTPS id " in bytes(utf8["mail"]), "RFC 6531 3.7.3"
+    server.wait_log(r"disconnect ip=127\.0\.0\.1 tls messages=2")
 
 
 def test_commands_pipelined_behind_starttls_are_discarded(sqlite_store, gsmtpd_server, certificate):
