@@ -26,6 +26,9 @@ class Envelope:
     sender: str                                   # MAIL FROM address, '' for <>
     smtputf8: bool = False
     recipients: list[Recipient] = field(default_factory=list)
+    binarymime: bool = False                      # BODY=BINARYMIME: only BDAT may carry it
+    chunks: bytearray | None = None               # BDAT content so far; None before the first
+    chunks_deadline: float = 0.0                  # all chunks must be in by then (monotonic)
 
 
 def new_queue_id() -> str:

@@ -46,7 +46,7 @@ RESET_OK = reply(250, "2.0.0", "Reset OK")
 NOOP_OK = reply(250, "2.0.0", "OK")
 # RFC 5321 3.5.3: 252 when a server will accept mail for a user it will not verify.
 CANNOT_VRFY = reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
-HELP = reply(214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP")
+HELP = reply(214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP")
 
 
 @lru_cache(maxsize=256)   # made for every connection
@@ -119,3 +119,19 @@ RELAY_DENIED = reply(550, "5.7.1", "Relaying denied")
 TOO_BIG = reply(552, "5.3.4", "Message size exceeds fixed limit")
 TOO_BIG_TO_STORE = reply(552, "5.3.4", "Message too big for storage")
 REJECTED_BY_STORE = reply(554, "5.3.0", "Message refused by storage")
+
+# --- CHUNKING and BINARYMIME (RFC 3030)
+
+
+def chunk_received(size: int) -> Reply:
+    return reply(250, "2.0.0", f"{size} octets received")
+
+
+BDAT_SYNTAX = reply(501, "5.5.4", "Syntax: BDAT chunk-size [LAST]")
+# RFC 3030 2: CHUNKING is offered in the EHLO reply; a HELO client has not seen it.
+BDAT_NEEDS_EHLO = reply(503, "5.5.1", "Send EHLO first to use BDAT")
+DATA_AFTER_BDAT = reply(503, "5.5.1", "DATA not allowed after BDAT in one transaction")
+RCPT_AFTER_BDAT = reply(503, "5.5.1", "RCPT not allowed after BDAT")
+# RFC 3030 3: a BINARYMIME message cannot be sent with DATA.
+BINARYMIME_NEEDS_BDAT = reply(503, "5.5.1", "BODY=BINARYMIME requires BDAT")
+TLS_WITH_CHUNKS_PENDING = reply(503, "5.5.1", "STARTTLS not allowed while BDAT chunks are pending")

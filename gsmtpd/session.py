@@ -8,6 +8,7 @@ preconditions. Every reply comes from ``replies``.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import ssl
 import time
@@ -29,6 +30,9 @@ log = logging.getLogger("gsmtpd.session")
 
 # RFC 5321 4.5.3.1.4: a command line is at most 512 octets including CRLF.
 MAX_COMMAND_LINE = 512
+# RFC 3030 2: bdat-cmd ::= "BDAT" SP chunk-size [ SP end-marker ]; chunk-size ::= 1*DIGIT.
+# ASCII digits only (int() would take "+7", "1_000" and other scripts' digits).
+_BDAT_ARGUMENT = re.compile(r"([0-9]+)(?: +(LAST))?\Z", re.IGNORECASE)
 
 VERDICT_REPLIES = {
     Verdict.TRANSIENT: R.STORAGE_FAILED,
@@ -231,8 +235,8 @@ class Session:
         return name
 
     def extensions(self) -> tuple[str, ...]:
-        extensions = [f"SIZE {self.config.max_size}", "PIPELINING", "8BITMIME", "SMTPUTF8",
-                      "ENHANCEDSTATUSCODES"]
+        extensions = [f"SIZE {self.config.max_size}", "PIPELINING", "8BITMIME", "CHUNKING",
+                      "BINARYMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
         if self.can_starttls():
             extensions.append("STARTTLS")
         if self.server.is_trusted(self.peer_ip):
@@ -248,6 +252,9 @@ class Session:
             return
         if argument:
             self.reply(R.NO_ARGUMENTS)
+            return
+        if self.envelope is not None and self.envelope.chunks is not None:
+            self.reply(R.TLS_WITH_CHUNKS_PENDING)   # no BDAT content on both sides of TLS
             return
         self.reply(R.READY_FOR_TLS)
         self.wire.flush()
@@ -341,8 +348,10 @@ class Session:
             return R.TOO_BIG if int(value) > self.config.max_size else None
         if key == "BODY":
             # RFC 6152: 8BITMIME is taken and stored as it comes; nothing to convert.
-            if value is None or not value.isascii() or value.upper() not in ("7BIT", "8BITMIME"):
+            # RFC 3030 3: so is BINARYMIME, which then must come by BDAT.
+            if value is None or not value.isascii() or value.upper() not in ("7BIT", "8BITMIME", "BINARYMIME"):
                 return R.SYNTAX_ERROR
+            envelope.binarymime = value.upper() == "BINARYMIME"
             return None
         if key == "SMTPUTF8" and value is None:
             envelope.smtputf8 = True   # RFC 6531 3.4
@@ -354,6 +363,9 @@ class Session:
             self.reply(R.NEED_MAIL if self.helo is not None else R.NEED_HELO)
             return
         envelope = self.envelope
+        if envelope.chunks is not None:
+            self.reply(R.RCPT_AFTER_BDAT)
+            return
         path = parse_path(argument, "TO", null_allowed=False, utf8=envelope.smtputf8)
         if isinstance(path, R.Reply):
             self.reply(path)
@@ -383,6 +395,9 @@ class Session:
         if self.envelope is None:
             self.reply(R.NEED_MAIL if self.helo is not None else R.NEED_HELO)
             return
+        if self.envelope.chunks is not None or self.envelope.binarymime:
+            self.reply(R.DATA_AFTER_BDAT if self.envelope.chunks is not None else R.BINARYMIME_NEEDS_BDAT)
+            return
         if not self.envelope.recipients:
             self.reply(R.NEED_RCPT)
             return
@@ -409,6 +424,70 @@ class Session:
             reply = self.deliver(envelope, data.message, data.crlf_only)
         metrics.M.message(reply.code, data.size, len(envelope.recipients))
         self.reply(reply)
+
+    def smtp_BDAT(self, argument: str) -> None:
+        """RFC 3030 CHUNKING: ``BDAT <size> [LAST]`` and then exactly that many octets, as
+        sent (no dot-stuffing, bare CR and LF are data). Chunks add up to one message;
+        LAST ends it with the verdict DATA gets. Once the size parses, the chunk's octets
+        are read even when the command is refused, so the next command is read from the
+        right place (RFC 3030 2: "accept and discard")."""
+        chunk = _BDAT_ARGUMENT.match(argument)
+        if chunk is None:
+            self.reply(R.BDAT_SYNTAX)
+            return
+        size, last = int(chunk.group(1)), chunk.group(2) is not None
+        envelope = self.envelope
+        problem = self._bdat_problem(envelope)
+        if problem is not None:
+            self._read_chunk(size, None, time.monotonic() + self.config.data_timeout)
+            self.reply(problem)
+            return
+        if envelope.chunks is None:
+            # RFC 5321 4.5.3.2.6: the DATA phase's deadline, here for all the chunks, so
+            # a client cannot hold a transaction open with a tiny chunk now and then.
+            envelope.chunks = bytearray()
+            envelope.chunks_deadline = time.monotonic() + self.config.data_timeout
+        elif time.monotonic() > envelope.chunks_deadline:
+            raise Hangup(R.DATA_TIMEOUT, discard_queued=True)
+        total = len(envelope.chunks) + size
+        keep = self.server.store.largest_message(self.config.max_size)
+        if total > keep:
+            # Over the limit, counted over all chunks: this one is read and dropped, the
+            # transaction ends, and chunks still in the pipeline meet "need MAIL" (503).
+            self.envelope = None
+            envelope.chunks = None
+            self._read_chunk(size, None, envelope.chunks_deadline)
+            reply = R.TOO_BIG if total > self.config.max_size else R.TOO_BIG_TO_STORE
+            log.info("refused ip=%s from=<%s> size=%d reply=%s", self.ip, envelope.sender, total, reply.text)
+            metrics.M.message(reply.code, total, len(envelope.recipients))
+            self.reply(reply)
+            return
+        self._read_chunk(size, envelope.chunks, envelope.chunks_deadline)
+        if not last:
+            self.reply(R.chunk_received(size))
+            return
+        self.envelope = None
+        # Binary data: bare CR and LF are content, not line ends (crlf_only=False).
+        reply = self.deliver(envelope, bytes(envelope.chunks))
+        metrics.M.message(reply.code, total, len(envelope.recipients))
+        self.reply(reply)
+
+    def _bdat_problem(self, envelope: Envelope | None) -> R.Reply | None:
+        if self.helo is None:
+            return R.NEED_HELO
+        if not self.esmtp:
+            return R.BDAT_NEEDS_EHLO
+        if envelope is None:
+            return R.NEED_MAIL
+        if not envelope.recipients:
+            return R.NEED_RCPT
+        return None
+
+    def _read_chunk(self, size: int, into: bytearray | None, deadline: float) -> None:
+        try:
+            self.wire.read_chunk(size, into, deadline)
+        except (socket.timeout, Expired):
+            raise Hangup(R.DATA_TIMEOUT, discard_queued=True) from None
 
     def deliver(self, envelope: Envelope, message: bytes, crlf_only: bool = False) -> R.Reply:
         queue_id = new_queue_id()

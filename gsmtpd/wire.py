@@ -219,6 +219,28 @@ class Wire:
             scan_from = max(0, len(data) - 4)
             data += self._recv(deadline)
 
+    def read_chunk(self, size: int, into: bytearray | None, deadline: float) -> None:
+        """Read exactly ``size`` octets, a BDAT chunk (RFC 3030 2): no end marker and no
+        dot-stuffing, every byte as sent. They are appended to ``into``, or read and
+        dropped when it is None (a chunk refused or past the size limit: the session
+        stays in step with the client). Nothing past the chunk is kept but what one read
+        brought along (for the next command); past ``deadline`` raises Expired."""
+        buf = self.buf
+        if buf:
+            take = min(size, len(buf))
+            if into is not None:
+                into += buf[:take] if take < len(buf) else buf
+            del buf[:take]
+            size -= take
+        while size:
+            chunk = self._recv(deadline)
+            if len(chunk) > size:
+                buf += chunk[size:]
+                chunk = chunk[:size]
+            if into is not None:
+                into += chunk
+            size -= len(chunk)
+
     @staticmethod
     def _unstuff(data: bytearray, bare_lf: str, max_size: int, stuffed: bool | None = None) -> Data:
         """``data`` is CRLF + content. One copy in the common case (no stuffed dots, no

@@ -24,6 +24,8 @@ MAX_ERRORS = 10          # the server's default --max-errors
 MAX_SIZE = 2000
 REPLY_LINE = re.compile(rb"[2-5]\d\d([ -])[^\r\n]*\r\n\Z")
 END = b"\r\n.\r\n"
+# A BDAT line the server takes (RFC 3030 2) is followed by exactly that many octets.
+BDAT = re.compile(rb" *BDAT +([0-9]+)(?: +LAST)? *\Z", re.IGNORECASE)
 
 
 @pytest.fixture(scope="module")
@@ -189,8 +191,20 @@ class Dialogue(RuleBasedStateMachine):
 
     @rule(line=command, end=ending, data=body)
     def one_command(self, line, end, data):
+        if BDAT.match(line):
+            return      # its chunk would be the next command: bdat_chunk sends those
         self.data_body = data
         self.send_line(line, end)
+
+    @rule(size=st.integers(0, 40), last=st.booleans(), data=st.binary(max_size=40))
+    def bdat_chunk(self, size, last, data):
+        # The chunk is any octets, refused or not: the next command is read after it.
+        if self.sock is None:
+            self.connect()
+        chunk = (data * (size // max(len(data), 1) + 1))[:size] if data else b"x" * size
+        self.sock.sendall(b"BDAT %d%s\r\n" % (size, b" LAST" if last else b"") + chunk)
+        if self.answer(b"BDAT"):
+            assert not self.buf, f"surplus reply after BDAT: {self.buf!r}"
 
     @rule(rcpt=st.sampled_from(["bob@test.org", "x@a.wild.test", "postmaster", "eve@example.com"]), data=body)
     def transaction(self, rcpt, data):
@@ -202,7 +216,7 @@ class Dialogue(RuleBasedStateMachine):
     @rule(lines=st.lists(command, min_size=2, max_size=8), end=ending)
     def pipelined(self, lines, end):
         # DATA would turn the lines after it into message text: keep it out of a group.
-        lines = [ln for ln in lines if ln.split(b" ", 1)[0].upper() != b"DATA"]
+        lines = [ln for ln in lines if ln.split(b" ", 1)[0].upper() != b"DATA" and not BDAT.match(ln)]
         if self.sock is None:
             self.connect()
         self.sock.sendall(b"".join(ln + end for ln in lines))
