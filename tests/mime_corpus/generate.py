@@ -492,6 +492,39 @@ def add_header_cases() -> None:
 add_header_cases()
 
 
+# --- header sections that run into the body without their empty line ----------
+# A line that is neither a header field nor a continuation ends the header and is the
+# first line of the body (RFC 5322 2.2; Python's email parser and MUAs read it so).
+
+def add_missing_blank_line_cases() -> None:
+    add("no_blank_line_top_level",
+        HEAD + "Subject: straight in\r\nContent-Type: text/plain; charset=us-ascii\r\n"
+        "Hello, this line is the body.\r\nSecond line: looks like a field, is body.\r\n",
+        subject="straight in", from_addr="ann@example.org",
+        body="Hello, this line is the body.\nSecond line: looks like a field, is body.\n",
+        charset="us-ascii", content_type="text/plain")
+    add("no_blank_line_in_parts",
+        HEAD + "Subject: parts\r\nContent-Type: multipart/alternative; boundary=\"b1\"\r\n\r\n"
+        "--b1\r\nContent-Type: text/plain; charset=us-ascii\r\nPlain text, no empty line above.\r\n"
+        "--b1\r\nContent-Type: text/html; charset=us-ascii\r\n<p>HTML, no empty line above.</p>\r\n"
+        "--b1--\r\n",
+        subject="parts", from_addr="ann@example.org", body="<p>HTML, no empty line above.</p>",
+        charset="us-ascii", content_type="text/html")
+    add("no_blank_line_part_without_header",
+        HEAD + "Subject: bare part\r\nContent-Type: multipart/mixed; boundary=b2\r\n\r\n"
+        "--b2\r\nJust text, and no header at all.\r\n--b2--\r\n",
+        subject="bare part", from_addr="ann@example.org", body="Just text, and no header at all.",
+        charset="us-ascii", content_type="text/plain")
+    add("no_blank_line_after_continuation",
+        HEAD + "Subject: folded\r\n  subject\r\nContent-Type: text/plain;\r\n\tcharset=utf-8\r\n"
+        "Grüße, the body.\r\n",
+        subject="folded  subject", from_addr="ann@example.org", body="Grüße, the body.\n",
+        charset="utf-8", content_type="text/plain")
+
+
+add_missing_blank_line_cases()
+
+
 def write() -> None:
     for old in HERE.glob("*.eml"):
         old.unlink()
