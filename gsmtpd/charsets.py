@@ -41,7 +41,10 @@ MAX_LABEL = 64
 #   charset says what was declared; `decode_declared` still reads C1 bytes
 #   0x80-0x9F as windows-125x, as browsers and mail readers do;
 # - the "replacement" group (iso-2022-kr, hz-gb-2312) is decoded for real:
-#   browsers refuse them for XSS reasons that do not apply to stored mail.
+#   browsers refuse them for XSS reasons that do not apply to stored mail;
+# - WHATWG's euc-kr group is split: "euc-kr" itself also takes KS X 1001's
+#   composed Hangul (see _strict), the KS C 5601 / cp949 labels do not; both
+#   decode as cp949 otherwise and are stored as "euc-kr".
 _WHATWG = {
     "utf-8": "unicode-1-1-utf-8 unicode11utf8 unicode20utf8 utf-8 utf8 x-unicode20utf8",
     "ibm866": "866 cp866 csibm866 ibm866",
@@ -86,8 +89,9 @@ _WHATWG = {
     "euc-jp": "cseucpkdfmtjapanese euc-jp x-euc-jp",
     "iso-2022-jp": "csiso2022jp iso-2022-jp",
     "shift_jis": "csshiftjis ms932 ms_kanji shift-jis shift_jis sjis windows-31j x-sjis",
-    "euc-kr": "cseuckr csksc56011987 euc-kr iso-ir-149 korean ks_c_5601-1987 ks_c_5601-1989 ksc5601"
-    " ksc_5601 windows-949",
+    "euc-kr": "cseuckr euc-kr",
+    "ks_c_5601-1987": "csksc56011987 iso-ir-149 korean ks_c_5601-1987 ks_c_5601-1989 ksc5601 ksc_5601"
+    " windows-949",
     "iso-2022-kr": "csiso2022kr iso-2022-kr",
     "hz-gb-2312": "hz-gb-2312",
     "utf-16be": "unicodefffe utf-16be",
@@ -100,7 +104,8 @@ _MAIL_LABELS = {
     "utf-32": "utf-32 utf-32le utf-32be",
     "utf-7": "utf-7 unicode-1-1-utf-7 x-unicode-2-0-utf-7 csunicode11utf7",  # RFC 2152
     "iso-2022-jp": "iso-2022-jp-1 iso-2022-jp-2 iso-2022-jp-3 csiso2022jp2",
-    "euc-kr": "uhc cp949 ks_c_5601 ksc5601-1987 x-windows-949 x-uhc",
+    "euc-kr": "x-euc-kr euckr euc_kr",
+    "ks_c_5601-1987": "uhc cp949 ks_c_5601 ksc5601-1987 x-windows-949 x-uhc",
     "gbk": "cp936 ms936 windows-936 gb2312-80 euc-cn x-euc-cn",
     "big5": "big5hkscs x-big5 windows-950 cp950 ms950",
     "shift_jis": "cp932 x-ms-cp932 shift-jis-2004 x-mac-japanese",
@@ -137,6 +142,7 @@ _CODECS = {
     # WHATWG: the euc-kr/gbk/shift_jis/big5 decoders are the Windows
     # supersets; text labelled with the old names uses the extra characters.
     "euc-kr": ("cp949",),
+    "ks_c_5601-1987": ("cp949",),
     "gbk": ("gb18030",),
     "gb18030": ("gb18030",),
     "shift_jis": ("cp932", "shift_jis_2004"),
@@ -168,7 +174,7 @@ _CODECS = {
 }
 
 # The Mac variants of CJK charsets are stored under their usual names.
-_REPORTED_AS = {"gbk_mac": "gbk", "big5_mac": "big5", "euc-kr_mac": "euc-kr"}
+_REPORTED_AS = {"gbk_mac": "gbk", "big5_mac": "big5", "euc-kr_mac": "euc-kr", "ks_c_5601-1987": "euc-kr"}
 
 # Charsets in which pure ASCII bytes may still mean something else, so the
 # "all bytes < 0x80" fast path must not be taken.
@@ -286,10 +292,21 @@ def _decode_windows_1252(data: bytes) -> str:
     return codecs.charmap_decode(data, "strict", _WINDOWS_1252)[0]
 
 
+# KS X 1001 annex 3: a syllable outside the 2,350 precomposed ones is eight bytes, the
+# Hangul filler (0xA4D4) and three jamo. Python's euc_kr codec makes them one syllable;
+# cp949 (the WHATWG decoder, needed for the UHC extension) shows the filler and jamo.
+_HANGUL_FILLER = b"\xa4\xd4"
+
+
 def _strict(data: bytes, canonical: str) -> str | None:
     """Decode with the charset's codecs, or None if the bytes do not fit it."""
     if canonical == "windows-1252":
         return _decode_windows_1252(data)
+    if canonical == "euc-kr" and _HANGUL_FILLER in data:
+        try:
+            return data.decode("euc_kr")
+        except UnicodeDecodeError:
+            pass        # UHC characters too, or a lone filler: cp949, jamo and all
     for codec_name in python_codecs(canonical):
         try:
             return data.decode(codec_name)

@@ -187,11 +187,11 @@ def test_mangled_real_messages_give_storable_fields(raw, edits, cut, prefer):
 # --- the pieces ------------------------------------------------------------------
 
 @pytest.mark.parametrize("label, canonical", [
-    ("UTF-8", "utf-8"), ('"utf8"', "utf-8"), ("ks_c_5601-1987", "euc-kr"), ("iso-8859-8-i", "iso-8859-8-i"),
+    ("UTF-8", "utf-8"), ('"utf8"', "utf-8"), ("ks_c_5601-1987", "ks_c_5601-1987"), ("euc-kr", "euc-kr"), ("x-euc-kr", "euc-kr"), ("iso-8859-8-i", "iso-8859-8-i"),
     ("x-mac-cyrillic", "x-mac-cyrillic"), ("unicode-1-1-utf-7", "utf-7"), ("gb2312", "gbk"),
     ("windows-874", "windows-874"), ("us-ascii (Plain text)", "us-ascii"), ("unknown-8bit", ""),
     ("x-no-such", None), ("base64", None), ("zlib", None), ("rot13", None), ("latin10", "iso-8859-16"), ("cp1125", "cp1125"),
-    ("utf-8*en", "utf-8"), ("", ""), ("UHC", "euc-kr"), ("MAC-CYRILLIC", "x-mac-cyrillic"),
+    ("utf-8*en", "utf-8"), ("", ""), ("UHC", "ks_c_5601-1987"), ("MAC-CYRILLIC", "x-mac-cyrillic"),
 ])
 def test_charset_labels(label, canonical):
     assert charsets.normalize(label) == canonical

@@ -179,6 +179,35 @@ def add_charset_cases() -> None:
 add_charset_cases()
 
 
+def add_composed_hangul_cases() -> None:
+    """KS X 1001 composed Hangul: '똠' is not among the 2,350 precomposed syllables, so
+    EUC-KR writes it as eight bytes, the filler and three jamo (Python's euc_kr codec
+    does). Labelled euc-kr it is one syllable again, in the body and in an encoded-word
+    subject; labelled ks_c_5601-1987 (cp949, the Windows code page) the bytes are what
+    cp949 says they are: the filler and three jamo."""
+    text = "똠방각하 " + KOREAN
+    subject = text[:12]
+    data = (text + "\r\n").encode("euc_kr")
+    assert b"\xa4\xd4" in data        # the composition sequence is really there
+
+    def as_cp949(piece: str) -> str:
+        return piece.encode("euc_kr").decode("cp949")
+
+    assert as_cp949(text) != text
+    for label, name, shown in (("euc-kr", "charset_euc-kr_composed_hangul", str),
+                               ("EUC-KR", "charset_euc-kr_composed_hangul_upper_case", str),
+                               ("ks_c_5601-1987", "charset_ks_c_5601-1987_composed_hangul", as_cp949)):
+        message = (ENVELOPE.encode() + b"From: Sender <sender@example.org>\r\n"
+                   + f"Subject: {word(subject, 'euc_kr', label)}\r\n"
+                     f"Content-Type: text/plain; charset={label}\r\n"
+                     "Content-Transfer-Encoding: 8bit\r\n\r\n".encode() + data)
+        add(name, message, subject=shown(subject), from_addr="sender@example.org", body=shown(text) + "\n",
+            charset="euc-kr", content_type="text/plain", has_attach=0)
+
+
+add_composed_hangul_cases()
+
+
 # --- structure: which part is the body, what counts as an attachment -------
 
 HEAD = ENVELOPE + "From: Ann <ann@example.org>\r\nMessage-ID: <m1@example.org>\r\n"
