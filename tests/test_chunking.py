@@ -100,8 +100,36 @@ def test_starttls_is_refused_while_chunks_are_pending(sqlite_store, gsmtpd_serve
     assert queued
     message, row = stored_message(sqlite_store, queued.group(1))
     assert message == b"first\nlast\n" and row["is_tls"] == 0
-    # With no chunks pending, STARTTLS goes ahead as ever.
+    # With no chunks pending, STARTTLS goes ahead as ever, and chunks come over TLS:
+    # large ones, that take many reads of the TLS socket.
     assert client.command("STARTTLS") == "220 2.0.0 Ready to start TLS"
+    client.sock = client_context().wrap_socket(client.sock, server_hostname="mx.test")
+    assert "250-CHUNKING" in client.command("EHLO client.example").split("\n")
+    chunks = [b"Subject: over TLS\r\n\r\n", bytes(range(256)) * 2000, b"\r\n.\r\n" * 50000]
+    queued = QUEUED.match(send_chunked(client, chunks))
+    assert queued
+    message, row = stored_message(sqlite_store, queued.group(1))
+    assert message == b"".join(chunks) and row["is_tls"] == 1
+    assert b" with ESMTPS id " in bytes(row["mail"])
+
+
+def test_megabytes_in_chunks_are_stored_whole(sqlite_store, gsmtpd_server):
+    """Chunks far larger than one read of the socket, and a message past the limit whose
+    chunks are read and dropped: the session stays in step for the next message."""
+    server = gsmtpd_server(sqlite_store, max_size=3_000_000)
+    client = server.raw()
+    assert client.reply().startswith("220 ")
+    client.command("EHLO client.example")
+    chunks = [b"Subject: big\r\n\r\n", b"a" * 1_000_000, b"b\nc\r" * 300_000]
+    queued = QUEUED.match(send_chunked(client, chunks))
+    assert queued
+    assert stored_message(sqlite_store, queued.group(1))[0] == b"".join(chunks)
+    too_big = [b"c" * 2_000_000, b"d" * 1_000_001, b"e" * 10]
+    client.send(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@test.org>\r\n" + bdat(too_big) + b"NOOP\r\n")
+    replies = [client.reply() for _ in range(6)]
+    assert replies[2:] == ["250 2.0.0 2000000 octets received", "552 5.3.4 Message size exceeds fixed limit",
+                           "503 5.5.1 Need MAIL command first", "250 2.0.0 OK"]
+    assert sqlite_store.count() == 1
 
 
 def test_a_client_silent_inside_a_chunk_gets_421_and_nothing_is_stored(sqlite_store, gsmtpd_server):
