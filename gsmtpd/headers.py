@@ -39,8 +39,10 @@ def _any_case(name: bytes) -> bytes:
 
 # RFC 5322 2.2: a header line is a field (a name of printable ASCII but ":", then ":";
 # RFC 5322 4.5.3 allows white space before the colon) or, starting with white space,
-# a continuation.  Possessive, so a long line without a colon costs one pass.
-_FIELD_NAME = rb"[!-9;-~]++[ \t]*+:"
+# a continuation.  8-bit bytes are let into the name too: a mailer's broken field
+# must not turn the fields after it into body text.  Possessive, so a long line
+# without a colon costs one pass.
+_FIELD_NAME = rb"[!-9;-~\x80-\xff]++[ \t]*+:"
 
 
 def _field_pattern(names: tuple[bytes, ...]) -> tuple[re.Pattern, re.Pattern]:

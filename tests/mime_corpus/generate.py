@@ -549,6 +549,10 @@ def add_missing_blank_line_cases() -> None:
         "Grüße, the body.\r\n",
         subject="folded  subject", from_addr="ann@example.org", body="Grüße, the body.\n",
         charset="utf-8", content_type="text/plain")
+    add("no_blank_line_8bit_field_name_is_still_a_field",
+        HEAD + "X-Grüße: a broken field name\r\nSubject: after it\r\nContent-Type: text/plain\r\n"
+        "The body.\r\n",
+        subject="after it", from_addr="ann@example.org", body="The body.\n", content_type="text/plain")
 
 
 add_missing_blank_line_cases()
