@@ -353,8 +353,7 @@ def hostile(start_server, store, n: Numbers) -> Result:
     calm = check(calm_load.run(), store.connect, calm_load.run_id, "calm")
     drip = SlowDrip(target, count=n.slow, sources=loopback_sources(n.slow_sources),
                     give_up=n.data_timeout + 30, open_rate=1000).start()
-    drip.all_open.wait(60)
-    time.sleep(0.5)
+    drip.wait_greeted(60)
     open_now = drip.open_now
     busy_load = Load(target, rate=n.rate, concurrency=n.concurrency,
                      duration=min(calm_seconds, n.command_timeout - 1.5), size=n.size,
