@@ -161,10 +161,6 @@ def test_bytes_like_input_is_accepted():
     assert parse(memoryview(b"Subject: hi\r\n\r\nbody")).subject == "hi"
 
 
-def test_not_bytes_does_not_raise():
-    assert_storable(parse(None))  # type: ignore[arg-type]
-
-
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=2000))
 def test_any_bytes_give_storable_fields(raw):
