@@ -10,15 +10,22 @@ setup(
     packages=find_packages(include=["gsmtpd", "gsmtpd.*"]),
     package_data={"gsmtpd": ["schema.sql"]},
     python_requires=">=3.11",
+    # Pinned to the tested range: the lower bounds are the oldest releases we support, the
+    # upper bounds the next minor (major for gevent's calendar versions) that no test has run
+    # against. gsmtpd leans on private internals of gevent and PyMySQL for speed (see
+    # mysql_protocol.py, wire.py), which a new release may change without notice. Tested
+    # with gevent 26.9.0, PyMySQL 1.2.4, cchardet 2.4.1, prometheus-client 0.26.0,
+    # setproctitle 1.3.8 (and pytest 9.0.3, pytest-timeout 2.4.0, hypothesis 6.155.2,
+    # supervisor 4.3.0) on CPython 3.11.
     install_requires=[
-        "gevent>=23.9",
-        "PyMySQL>=1.1",
-        "cchardet>=2.1.7",
-        "prometheus-client>=0.17",
-        "setproctitle>=1.3",
+        "gevent>=23.9,<27",
+        "PyMySQL>=1.1.1,<1.3",          # 1.1.1 fixes CVE-2024-36039 (JSON keys as SQL)
+        "cchardet>=2.1.7,<2.5",
+        "prometheus-client>=0.17,<0.27",
+        "setproctitle>=1.3,<1.4",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "supervisor>=4.2"],
+        "test": ["pytest>=7,<10", "pytest-timeout>=2,<3", "hypothesis>=6,<7", "supervisor>=4.2,<5"],
     },
     entry_points={"console_scripts": ["gsmtpd = gsmtpd.cli:main"]},
 )

@@ -112,6 +112,13 @@ def from_parens_20000() -> bytes:
     return b"From: " + b"(" * 20_000 + b"\r\nSubject: parens\r\n\r\nbody\r\n"
 
 
+def subject_20000_encoded_words() -> bytes:
+    """Each word in a charset of its own, none of them known: one lookup each, not a retry
+    of the whole header per word."""
+    words = b" ".join(b"=?x-charset-%d?q?w%d?=" % (n, n) for n in range(20_000))
+    return HEADER + b"Subject: " + words + b"\r\n\r\nbody\r\n"
+
+
 TYPICAL = {
     "plain UTF-8 4 KB": plain_utf8,
     "multipart/alternative base64 4 KB": alternative_base64,
@@ -124,6 +131,7 @@ PATHOLOGICAL = {
     "10,000 parts": parts_10000,
     "600 KB header line": header_line_600kb,
     "From: (((( 20,000 deep": from_parens_20000,
+    "Subject: 20,000 encoded words": subject_20000_encoded_words,
 }
 
 

@@ -151,10 +151,14 @@ def main(argv=None) -> int:
             problems = [p for report in result.reports for p in report.problems]
             for problem in problems:
                 print(f"    PROBLEM: {problem}", flush=True)
+            # Durations the tests do not assert (they measure the machine too): checked here.
+            for target in result.timing_missed():
+                print(f"    SLOW: missed '{target}'", flush=True)
             failed = failed or bool(problems)
             results.append({"scenario": name, "seconds": round(time.monotonic() - started, 1),
                             "figures": {k: str(v) for k, v in result.figures.items()},
-                            "reports": [report.line() for report in result.reports], "problems": problems})
+                            "reports": [report.line() for report in result.reports], "problems": problems,
+                            "timing_missed": result.timing_missed()})
     finally:
         if throwaway is not None:
             throwaway.close()

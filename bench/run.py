@@ -34,6 +34,7 @@ from urllib.parse import unquote, urlsplit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import interpreter  # noqa: E402
 from procstat import TreeWatch, cpu_seconds, find_pids  # noqa: E402
 from smtpclient import LatencyProbe, SMTPFailure, make_message, open_idle, send_one  # noqa: E402
 
@@ -586,6 +587,12 @@ def fmt(value, spec: str = ".0f", none: str = "-") -> str:
 
 def report(results: dict) -> str:
     lines = []
+    python = results.get("interpreter")
+    if python:
+        lines.append(interpreter.summary(python))
+        if interpreter.warning(python):
+            lines.append(interpreter.warning(python))
+        lines.append("")
     head = (f"{'':4} {'msgs':>6} {'sink/s':>8} {'gsmtpd/s':>8} {'ratio':>6} {'target':>6} {'ok':>3} "
             f"{'acked':>6} {'rows':>6} {'lost':>4} {'!ack':>5} {'conns':>6} {'cpu ms/msg':>10} "
             f"{'db ms/msg':>9} {'RSS MB':>7} {'msg/insert':>10} {'busy%':>9} {'sink ms/msg':>11}")
@@ -738,6 +745,11 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: cannot run:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 2
     raise_fd_limit()
+    # gsmtpd runs on this same interpreter (sys.executable): say which one it is.
+    python = interpreter.describe()
+    print(interpreter.summary(python), flush=True)
+    if interpreter.warning(python):
+        print(interpreter.warning(python), file=sys.stderr, flush=True)
     workdir = tempfile.mkdtemp(prefix="gsmtpd-bench-")
     db = Database(args.mysql)
     results: dict = {
@@ -745,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
         # The server runs from the work tree: say when it is not the commit.
         "uncommitted": (git("status", "--porcelain", "--", "gsmtpd") or "").splitlines(), "scale": args.scale,
         "gsmtpd_args": args.extra, "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
-        "workloads": {},
+        "interpreter": python, "workloads": {},
     }
     status = 0
     args.source = REPO

@@ -9,8 +9,8 @@ Signal handlers and child watchers only enqueue; ``run()`` dispatches (as gunico
 
 - TERM: graceful stop, forwarded to the workers (see worker.py); exit 0.
 - INT, QUIT: quick stop.
-- HUP: read the configuration again. A configuration that does not validate is logged and
-  the running one stays. Otherwise, when only what a Server can change in place differs
+- HUP: read the configuration again (what may change, and how: reload.py). A configuration
+  that does not validate is logged and the running one stays. Otherwise, when only what a Server can change in place differs
   (allowed hosts, limits, TLS certificates, log settings), the new configuration goes down
   each worker's control pipe and the worker applies it: no session is dropped. When the
   listeners, the store or the number of workers change, the master binds what is new, starts
@@ -18,8 +18,8 @@ Signal handlers and child watchers only enqueue; ``run()`` dispatches (as gunico
 - USR1: reopen the log file, and have every worker do the same.
 
 A worker that dies is replaced (with backoff when they keep dying). A worker whose heartbeat
-(a timestamp in memory shared with the master) is older than ``worker_timeout`` has a stuck
-event loop: it is killed and replaced. A worker that cannot boot (wrong database credentials,
+(a timestamp in memory shared with the master; control.py, with the control pipe) is older
+than ``worker_timeout`` has a stuck event loop: it is killed and replaced. A worker that cannot boot (wrong database credentials,
 a bad schema: anything that will not get better by retrying) stops the whole server with
 exit status 1 instead of a restart loop.
 """
@@ -36,10 +36,10 @@ import gevent.os
 from gevent.queue import Empty, Queue
 
 from . import config as configuration
-from . import logs, metrics, notify
+from . import control, logs, metrics, notify, reload
 from .server import announce, bind
-from .worker import (READY, Worker, die_with_parent, new_heartbeat, read_heartbeat, reload_config,
-                     send_message, set_title)
+from .startup import set_title
+from .worker import Worker
 
 log = logging.getLogger("gsmtpd.arbiter")
 
@@ -56,17 +56,17 @@ class WorkerInfo:
     pid: int
     generation: int
     control: int                     # write end of the worker's control pipe
-    heartbeat: object                # mmap
+    heartbeat: control.Heartbeat
     started: float = field(default_factory=time.monotonic)
     retiring: bool = False           # replaced by a reload, or told to stop: do not restart
     killed: bool = False             # SIGKILLed for a stale heartbeat
 
     @property
     def ready(self) -> bool:
-        return read_heartbeat(self.heartbeat)[1] == READY
+        return self.heartbeat.ready
 
     def silent_for(self, now: float) -> float:
-        return now - read_heartbeat(self.heartbeat)[0]
+        return self.heartbeat.silent_for(now)
 
 
 class Arbiter:
@@ -148,25 +148,20 @@ class Arbiter:
             log.info("SIGTTOU: now %d workers", self.config.workers)
 
     def handle_hup(self) -> None:
-        config = reload_config(self.argv)
+        config = reload.read(self.argv)
         if config is None:
             return
         try:
-            if config.workers == 1:
-                config = config.replace(workers=self.config.workers)
-                log.warning("reload: workers = 1 (no master) takes a restart; keeping %d workers", config.workers)
-            if config.user != self.config.user:
-                config = config.replace(user=self.config.user)
-                log.warning("reload: a new user takes a restart")
+            config, new_workers, notes = reload.settle(self.config, config, alone=False)
+            for note in notes:
+                log.warning("%s", note)
             logs.configure(config)
-            specs = configuration.listeners(config)
-            if (specs != [spec for spec, _ in self.bound] or config.store != self.config.store
-                    or config.workers != self.config.workers):
-                self.replace_workers(config, specs)
+            if new_workers:
+                self.replace_workers(config, configuration.listeners(config))
             else:
                 self.config = config
                 for worker in self.live_workers():
-                    self.send(worker, ("config", config))
+                    self.send(worker, control.config_message(config))
                 log.info("configuration reloaded: allowed_hosts=%s", ",".join(config.allowed_hosts))
         finally:
             notify.notify("READY=1")
@@ -190,7 +185,7 @@ class Arbiter:
 
     def spawn_worker(self) -> None:
         read_end, write_end = os.pipe()
-        heartbeat = new_heartbeat()
+        heartbeat = control.Heartbeat()
         pid = gevent.os.fork_and_watch(callback=self._child_exited)
         if pid:
             os.close(read_end)
@@ -210,15 +205,15 @@ class Arbiter:
             logs.flush()
             os._exit(status)
 
-    def _worker_main(self, control: int, heartbeat) -> int:
+    def _worker_main(self, pipe: int, heartbeat: control.Heartbeat) -> int:
         for watcher in self.watchers:
             watcher.cancel()
         for other in self.workers.values():
             os.close(other.control)
         notify.forget()
-        die_with_parent()
+        control.die_with_parent()
         set_title("worker")
-        worker = Worker(self.config, self.bound, self.argv, control=control, heartbeat=heartbeat,
+        worker = Worker(self.config, self.bound, self.argv, pipe=pipe, heartbeat=heartbeat,
                         metrics_sock=self.metrics_sock)
         try:
             worker.boot()
@@ -315,7 +310,7 @@ class Arbiter:
             self.spawn_worker()
         for worker in old:
             worker.retiring = True
-            self.send(worker, ("drain",))
+            self.send(worker, control.DRAIN)
         kept = {id(sock) for _, sock in bound}
         for _, sock in old_bound:
             if id(sock) not in kept:
@@ -393,88 +388,9 @@ class Arbiter:
     @staticmethod
     def send(worker: WorkerInfo, message: tuple) -> None:
         try:
-            send_message(worker.control, message)
+            control.send(worker.control, message)
         except OSError as exc:
             log.error("cannot reach worker %d: %s", worker.pid, exc)
 
     def _listen_text(self) -> str:
         return " ".join(f"{sock.getsockname()[0]}:{sock.getsockname()[1]}" for _, sock in self.bound)
-
-
-# --- before forking
-
-
-def prepare_store(config) -> None:
-    """SQLite: create the database and switch it to WAL once, here, before the workers open
-    it together: two connections turning a new file to WAL at the same moment get
-    "database is locked" without waiting (the WAL switch does not use the busy timeout).
-    WAL is a property of the file, so the workers find it done. Raises StoreMisconfigured."""
-    if config.store.startswith("sqlite:"):
-        from .store import open_backend
-        backend = open_backend(config.store, config.save_timeout)
-        backend.connect()
-        backend.close()
-
-
-# --- --user: after binding, before forking
-
-
-def switch_user(config, pid_file: str = "") -> None:
-    """Hand the files gsmtpd writes (log, pid file, an SQLite store) to ``config.user``, load
-    what workers would import lazily, then drop root: setgid, initgroups, setuid. Raises
-    OSError or KeyError with a message fit for the log."""
-    import pwd
-    try:
-        user = pwd.getpwnam(config.user)
-    except KeyError:
-        raise KeyError(f"no such user {config.user!r}") from None
-    if os.geteuid() != 0:
-        if os.geteuid() == user.pw_uid:
-            return
-        raise PermissionError(f"switching to user {config.user!r} needs root")
-    for path in handed_over(config, pid_file):
-        os.chown(path, user.pw_uid, user.pw_gid)
-    preload()
-    os.setgid(user.pw_gid)
-    os.initgroups(user.pw_name, user.pw_gid)
-    os.setuid(user.pw_uid)
-    log.info("running as user %s (uid %d)", user.pw_name, user.pw_uid)
-
-
-def handed_over(config, pid_file: str) -> list[str]:
-    """The paths the user must be able to write: the log file, the pid file, and an SQLite
-    database with its -wal and -shm files (created now when missing, with a directory we
-    create). SQLite running as the user also creates -wal/-shm in the database's directory,
-    so an existing directory must be writable by the user (e.g. /var/lib/gsmtpd owned by it)."""
-    paths = [path for path in (*logs.log_paths(), pid_file, os.environ.get(metrics.ENV))
-             if path and os.path.exists(path)]
-    if config.store.startswith("sqlite:"):
-        from .store import open_backend
-        database = os.path.abspath(open_backend(config.store, config.save_timeout).path)
-        directory = os.path.dirname(database)
-        if not os.path.isdir(directory):
-            os.makedirs(directory)
-            paths.append(directory)
-        if not os.path.exists(database):
-            open(database, "ab").close()
-        paths.extend(p for p in (database, database + "-wal", database + "-shm") if os.path.exists(p))
-    return paths
-
-
-def preload() -> None:
-    """Workers run as the user, who may not be able to read the Python installation (say,
-    under /root): import now what would otherwise be imported on first use, the two store
-    backends and every codec a message may be converted from."""
-    import encodings
-    import importlib
-    import pkgutil
-    for module in pkgutil.iter_modules(encodings.__path__):
-        try:
-            importlib.import_module("encodings." + module.name)
-        except Exception:  # codecs of other platforms (mbcs, oem ...)
-            pass
-    for name in ("gsmtpd.mysql_store", "gsmtpd.sqlite_store", "pymysql._auth", "sqlite3"):
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            pass

@@ -18,9 +18,10 @@ import sys  # noqa: E402
 
 from . import config as configuration  # noqa: E402
 from . import logs, metrics, notify  # noqa: E402
-from .arbiter import Arbiter, prepare_store, switch_user  # noqa: E402
+from .arbiter import Arbiter  # noqa: E402
 from .server import bind  # noqa: E402
-from .worker import Worker, set_title  # noqa: E402
+from .startup import prepare_store, set_title, switch_user  # noqa: E402
+from .worker import Worker  # noqa: E402
 
 log = logging.getLogger("gsmtpd")
 

@@ -1,6 +1,6 @@
 """One serving process: a Store (writer greenlet + database connection) and a Server on
 sockets bound by someone else. It runs alone (``--workers 1``, no master) or as a child of
-the arbiter, which talks to it through signals, a control pipe and a heartbeat.
+the arbiter, which talks to it through signals, a control pipe and a heartbeat (control.py).
 
 Signal handlers only enqueue; ``serve()`` takes them off the queue one at a time:
 
@@ -13,26 +13,15 @@ Signal handlers only enqueue; ``serve()`` takes them off the queue one at a time
 """
 from __future__ import annotations
 
-import ctypes
 import logging
-import mmap
 import os
-import pickle
 import signal
-import struct
 import time
 
 import gevent
-import gevent.os
 from gevent.queue import Queue
 
-try:
-    import setproctitle
-except ImportError:  # pragma: no cover
-    pass
-
-from . import config as configuration
-from . import logs, metrics, notify
+from . import control, logs, metrics, notify, reload
 from .server import Server
 from .store import Store, open_backend
 
@@ -40,76 +29,16 @@ log = logging.getLogger("gsmtpd.worker")
 
 QUICK_FLUSH = 2.0   # seconds the writer gets on a quick stop
 
-# --- the heartbeat: a shared anonymous mapping per worker, made by the master before the fork.
-# Layout: monotonic time of the last beat (double), then a state byte. CLOCK_MONOTONIC is
-# the same clock in every process of the machine.
-HEARTBEAT = struct.Struct("dB")
-BOOTING, READY = 0, 1
-
-
-def reload_config(argv: list[str] | None):
-    """HUP: the configuration read again, or None (logged) when it does not validate and
-    the running one stays. Tells systemd a reload is under way."""
-    try:
-        config = configuration.load(argv)
-    except configuration.ConfigError as exc:
-        log.error("reload failed, keeping the running configuration: %s", "; ".join(exc.problems))
-        return None
-    notify.notify("RELOADING=1")
-    return config
-
-
-def new_heartbeat() -> mmap.mmap:
-    beat = mmap.mmap(-1, HEARTBEAT.size)
-    HEARTBEAT.pack_into(beat, 0, time.monotonic(), BOOTING)
-    return beat
-
-
-def read_heartbeat(beat: mmap.mmap) -> tuple[float, int]:
-    return HEARTBEAT.unpack_from(beat, 0)
-
-
-def set_title(role: str) -> None:
-    """What ps shows: "gsmtpd: master [...]", "gsmtpd: worker"."""
-    title = f"gsmtpd: {role}"
-    try:
-        setproctitle.setproctitle(title)
-    except NameError:  # pragma: no cover - setproctitle is a dependency; comm is the fallback
-        try:
-            with open("/proc/self/comm", "w") as comm:
-                comm.write(title[:15])
-        except OSError:
-            pass
-
-
-def die_with_parent() -> None:
-    """Linux: SIGTERM (a graceful stop) when the master dies, even by SIGKILL, so no orphan
-    keeps the port. The heartbeat greenlet also notices a new parent, elsewhere."""
-    PR_SET_PDEATHSIG = 1
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-
-
-# --- the control pipe: master -> worker, length-prefixed pickles: ("config", Config), ("drain",)
-LENGTH = struct.Struct("!I")
-
-
-def send_message(fd: int, message: tuple) -> None:
-    data = pickle.dumps(message)
-    os.write(fd, LENGTH.pack(len(data)) + data)
-
 
 class Worker:
     def __init__(self, config, bound, argv: list[str] | None = None,
-                 control: int | None = None, heartbeat: mmap.mmap | None = None, metrics_sock=None):
+                 pipe: int | None = None, heartbeat: control.Heartbeat | None = None, metrics_sock=None):
         self.config = config
         self.bound = bound
         self.metrics_sock = metrics_sock  # bound by metrics.prepare(), served by every worker
         self.metrics_server = None
         self.argv = argv
-        self.control = control        # read end of the master's pipe; None when alone
+        self.pipe = pipe              # read end of the master's control pipe; None when alone
         self.heartbeat = heartbeat
         self.events: Queue = Queue()
         self.store: Store | None = None
@@ -124,7 +53,7 @@ class Worker:
 
     @property
     def alone(self) -> bool:
-        return self.control is None
+        return self.pipe is None
 
     # --- lifecycle
 
@@ -141,8 +70,8 @@ class Worker:
         if self.metrics_sock is not None:
             self.metrics_server = metrics.serve(self.metrics_sock)
         if self.heartbeat is not None:
-            HEARTBEAT.pack_into(self.heartbeat, 0, time.monotonic(), READY)
-        if self.control is not None:
+            self.heartbeat.serving()
+        if self.pipe is not None:
             self.greenlets.append(gevent.spawn(self._read_control))
 
     def serve(self) -> int:
@@ -168,9 +97,9 @@ class Worker:
         elif event == signal.SIGUSR1:
             logs.reopen()
             log.info("log file reopened")
-        elif event[0] == "config":
+        elif event[0] == control.CONFIG:
             self.apply(event[1])
-        elif event[0] == "drain":
+        elif event == control.DRAIN:
             return self.drain()
         elif event[0] == "orphaned":
             log.warning("the master is gone: stopping")
@@ -213,19 +142,14 @@ class Worker:
 
     def reload(self) -> None:
         """HUP without a master: read the configuration again; keep the old one if it is bad."""
-        config = reload_config(self.argv)
+        config = reload.read(self.argv)
         if config is None:
             return
         try:
-            kept = {"listen": self.config.listen, "port": self.config.port, "store": self.config.store,
-                    "user": self.config.user}
-            if configuration.listeners(config) != configuration.listeners(self.config):
-                log.warning("reload: the listeners changed; without a master (--workers 1) that takes a restart")
-            for name, value in kept.items():
-                if getattr(config, name) != value:
-                    log.warning("reload: %s changed; without a master (--workers 1) that takes a restart", name)
-            # The sockets stay as they are; the Server keeps serving them with their old specs.
-            self.apply(config.replace(**kept))
+            config, _, notes = reload.settle(self.config, config, alone=True)
+            for note in notes:
+                log.warning("%s", note)
+            self.apply(config)
         finally:
             notify.notify("READY=1")
 
@@ -245,29 +169,13 @@ class Worker:
         interval = min(1.0, self.config.worker_timeout / 4)
         master = os.getppid()
         while True:
-            _, state = read_heartbeat(self.heartbeat)
-            HEARTBEAT.pack_into(self.heartbeat, 0, time.monotonic(), state)
+            self.heartbeat.beat()
             if os.getppid() != master:
                 self.events.put_nowait(("orphaned",))
                 return
             gevent.sleep(interval)
 
     def _read_control(self) -> None:
-        gevent.os.make_nonblocking(self.control)
-        buffer = b""
-        while True:
-            try:
-                chunk = gevent.os.nb_read(self.control, 65536)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                self.events.put_nowait(("orphaned",))
-                return
-            buffer += chunk
-            while len(buffer) >= LENGTH.size:
-                (size,) = LENGTH.unpack_from(buffer)
-                if len(buffer) < LENGTH.size + size:
-                    break
-                message = pickle.loads(buffer[LENGTH.size:LENGTH.size + size])
-                buffer = buffer[LENGTH.size + size:]
-                self.events.put_nowait(message)
+        for message in control.receive(self.pipe):
+            self.events.put_nowait(message)
+        self.events.put_nowait(("orphaned",))

@@ -28,6 +28,7 @@ MYSQL_PASSWORD = os.environ.get("GSMTPD_TEST_MYSQL_PASSWORD", "")
 HOSTNAME = "mx.test"
 DOMAINS = "test.org,*.wild.test"
 LISTENING = re.compile(r"listening on (\S+) port (\d+)")
+METRICS_LISTENING = re.compile(r"metrics on http://(\S+):(\d+)/metrics")
 
 
 # --- stores
@@ -175,6 +176,15 @@ class GsmtpdProcess:
                 return match
             time.sleep(0.05)
         raise AssertionError(f"log has no {pattern!r}:\n{self.log()[-3000:]}")
+
+    def listener_port(self, spec: str) -> int:
+        """The port the server reports for the listener whose logged spec contains ``spec``
+        ("tls=implicit", "proxy_protocol" ...): listeners bind port 0, the kernel picks."""
+        return int(self.wait_log(rf"listening on \S+ port (\d+) \([^)]*{re.escape(spec)}[^)]*\)").group(1))
+
+    def metrics_port(self) -> int:
+        """The port of ``--metrics 127.0.0.1:0``, as the server reports it."""
+        return int(self.wait_log(METRICS_LISTENING.pattern).group(2))
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 20.0) -> int:
         if self.proc.poll() is None:

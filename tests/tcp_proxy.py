@@ -6,16 +6,22 @@ import socket
 import threading
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def reserve_port() -> socket.socket:
+    """A port of our own for as long as the returned socket is open: bound (port 0: the
+    kernel picks) but not listening, so connections to it are refused; a listener with
+    SO_REUSEPORT can bind the same port alongside it. While the proxy is "down", nobody
+    else (no other test, no other server) can take its port, as a bind-close-rebind could."""
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind(("127.0.0.1", 0))
+    return holder
 
 
 class TcpProxy:
-    def __init__(self, target: tuple[str, int], port: int | None = None):
+    def __init__(self, target: tuple[str, int]):
         self.target = target
-        self.port = port or free_port()
+        self.reservation = reserve_port()
+        self.port = self.reservation.getsockname()[1]
         self.listener: socket.socket | None = None
         self.connections: list[socket.socket] = []
         self.lock = threading.Lock()
@@ -33,7 +39,8 @@ class TcpProxy:
 
     def start(self) -> None:
         listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # past TIME_WAITs of earlier links
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)   # beside the reservation
         listener.bind(("127.0.0.1", self.port))
         listener.listen(64)
         self.listener = listener

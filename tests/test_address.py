@@ -100,14 +100,33 @@ def test_parse_params_is_total(text):
 @example("\ud800", False)
 @example("\udcff", True)
 @example("[IPv6:::::]", False)
+@example("\u00fc" * 40 + ".example", True)      # 80 octets in one label
 def test_valid_domain_is_total(text, utf8):
-    assert valid_domain(text, utf8) in (True, False)
+    """Never raises; and what it accepts is a domain: at most 255 octets, labels of 1 to 63
+    octets (or an address literal), ASCII unless SMTPUTF8, and accepted with SMTPUTF8 too."""
+    if not valid_domain(text, utf8):
+        return
+    assert 0 < len(text.encode("utf-8", "surrogatepass")) <= 255
+    assert valid_domain(text, True), "SMTPUTF8 only ever allows more"
+    assert utf8 or text.isascii()
+    if not text.startswith("["):
+        assert all(1 <= len(label.encode("utf-8", "surrogatepass")) <= 63 for label in text.split(".")), text
 
 
 @given(st.lists(st.one_of(st.text(max_size=20), domain, domain.map(lambda d: "*." + d), st.just("*"))),
        st.one_of(st.text(max_size=30), domain))
 def test_allowed_hosts_is_total(patterns, name):
-    assert (name in AllowedHosts(patterns)) in (True, False)
+    """Never raises; a listed name, any subdomain of a "*." pattern and, with "*", anything
+    is allowed; with no patterns nothing is."""
+    hosts = AllowedHosts(patterns)
+    allowed = name in hosts
+    if "*" in patterns or (name in patterns and not name.startswith("*")):
+        assert allowed is True
+    if not patterns:
+        assert allowed is False
+    for pattern in patterns:
+        if pattern.startswith("*."):
+            assert "sub" + pattern[1:] in hosts, pattern
 
 
 # --- round trips of valid addresses

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -83,7 +82,10 @@ def test_term_lets_data_finish_gives_idle_sessions_421_and_exits_0(any_store, gs
     server.proc.send_signal(signal.SIGTERM)
     assert idle.reply() == "421 4.3.0 Server shutting down, try again later"
     assert idle.closed()
-    time.sleep(0.5)                                   # the transfer is paused during the stop
+    # The transfer goes on only once every process is stopping (the master and each worker
+    # say so): busy and idle may be on different workers.
+    wait_until(lambda: server.log().count("stopping: no new connections") == (workers + 1 if workers > 1 else 1),
+               10, "every process to be stopping")
     busy.send(message(subject="mid-DATA")[40:] + b".\r\n")
     stored = queue_id(busy.reply())
     assert [r["subject"] for r in any_store.rows("hash = %s", (stored,))] == ["mid-DATA"]
@@ -100,10 +102,9 @@ def test_graceful_timeout_cuts_off_a_stalled_transfer(sqlite_store, gsmtpd_serve
     server = gsmtpd_server(sqlite_store, workers=2, graceful_timeout=1)
     stalled = server.raw()
     start_data(stalled)
-    started = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
+    # Within 20 s, where the default graceful_timeout (30 s) would still be waiting.
     assert server.proc.wait(20) == 0
-    assert time.monotonic() - started < 8
     assert stalled.closed()
     assert sqlite_store.count() == 0
 
@@ -113,10 +114,10 @@ def test_int_is_a_quick_stop(sqlite_store, gsmtpd_server):
     workers = wait_workers(server, 2)
     stalled = server.raw()
     start_data(stalled)
-    started = time.monotonic()
     server.proc.send_signal(signal.SIGINT)
+    # Within 10 s, where a graceful stop would give the stalled transfer 30 s.
     assert server.proc.wait(10) == 0
-    assert time.monotonic() - started < 5
+    assert "stopping now" in server.log()
     assert stalled.closed()
     assert not any(alive(pid) for pid in workers)
 
@@ -128,10 +129,8 @@ def test_int_during_a_graceful_stop_makes_it_quick(sqlite_store, gsmtpd_server):
     start_data(stalled)
     server.proc.send_signal(signal.SIGTERM)
     server.wait_log("stopping: no new connections")
-    started = time.monotonic()
     server.proc.send_signal(signal.SIGINT)
-    assert server.proc.wait(15) == 0
-    assert time.monotonic() - started < 8, "not the 60 s of the graceful stop"
+    assert server.proc.wait(15) == 0, "not the 60 s of the graceful stop"
     assert "quick stop requested during the graceful one" in server.log()
     assert stalled.closed()
     assert not any(alive(pid) for pid in workers)
@@ -150,7 +149,6 @@ def test_workers_stop_when_the_master_is_killed(sqlite_store, gsmtpd_server):
 
 def test_hup_reloads_allowed_hosts_and_keeps_established_sessions(mysql_store, daemon):
     server = daemon(mysql_store)
-    assert server.raw().command("EHLO x") and True
     before = server.raw()
     assert before.reply().startswith("220") and before.command("EHLO c").startswith("250")
     assert before.command("MAIL FROM:<a@example.org>").startswith("250")

@@ -3,6 +3,7 @@ hurting other sessions. Real handshakes, a real HAProxy, real sockets."""
 from __future__ import annotations
 
 import re
+import select
 import shutil
 import socket
 import ssl
@@ -14,7 +15,6 @@ import pytest
 
 from conftest import message
 from gsmtpd.wire import Wire
-from tcp_proxy import free_port
 
 QUEUED = re.compile(r"^250 2\.0\.0 OK: queued as ([0-9a-f]{32})$")
 
@@ -49,6 +49,29 @@ def write_config(tmp_path, text: str):
     path = tmp_path / "gsmtpd.toml"
     path.write_text(text)
     return path
+
+
+def read_reply(sock) -> bytes:
+    """Bytes up to the end of one whole (multi-line) reply."""
+    data = b""
+    while not re.search(rb"(^|\r\n)\d{3} [^\r\n]*\r\n\Z", data):
+        chunk = sock.recv(4096)
+        assert chunk, data
+        data += chunk
+    return data
+
+
+def drip_until_answered(sock, data: bytes, pause: float) -> int:
+    """A slow client: send ``data`` a byte every ``pause`` seconds until the server answers
+    (or closes); returns how many bytes were sent by then."""
+    for sent, byte in enumerate(data):
+        if select.select([sock], [], [], pause)[0]:
+            return sent
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:
+            return sent
+    return len(data)
 
 
 # --- TLS
@@ -89,9 +112,8 @@ def test_commands_pipelined_behind_starttls_are_discarded(sqlite_store, gsmtpd_s
     answer = tls.recv(1000)
     assert answer.startswith(b"503 5.5.1"), "the injected MAIL and even EHLO were forgotten: " + repr(answer)
     tls.sendall(b"EHLO c\r\n")
-    time.sleep(0.2)
-    ehlo = tls.recv(4000)
-    assert b"250 " in ehlo and b"STARTTLS" not in ehlo
+    ehlo = read_reply(tls)
+    assert ehlo.startswith(b"250-mx.test") and b"STARTTLS" not in ehlo
     tls.close()
 
 
@@ -112,11 +134,10 @@ def test_failed_handshake_closes_only_that_connection(sqlite_store, gsmtpd_serve
 
 def test_implicit_tls_listener_with_swaks(sqlite_store, gsmtpd_server, certificate, tmp_path):
     cert, key = certificate
-    plain, smtps = free_port(), free_port()
-    config = write_config(tmp_path, f'[[listener]]\naddress = "127.0.0.1:{plain}"\ntls = "starttls"\n'
-                                    f'[[listener]]\naddress = "127.0.0.1:{smtps}"\ntls = "implicit"\n')
+    config = write_config(tmp_path, '[[listener]]\naddress = "127.0.0.1:0"\ntls = "starttls"\n'
+                                    '[[listener]]\naddress = "127.0.0.1:0"\ntls = "implicit"\n')
     server = gsmtpd_server(sqlite_store, config=config, tls_cert=cert, tls_key=key)
-    server.wait_log(rf"listening on 127\.0\.0\.1 port {smtps} ")
+    plain, smtps = server.listener_port("tls=starttls"), server.listener_port("tls=implicit")
     result = subprocess.run(["swaks", "--server", f"127.0.0.1:{smtps}", "--tlsc", "--to", "b@test.org",
                              "--from", "a@example.org", "--header", "Subject: over smtps"],
                             capture_output=True, text=True, timeout=60)
@@ -132,7 +153,7 @@ def test_implicit_tls_listener_with_swaks(sqlite_store, gsmtpd_server, certifica
 # --- proxies in front
 
 
-def haproxy_config(tmp_path, frontend_port: int, backend_port: int, version: str) -> str:
+def haproxy_config(tmp_path, frontend_fd: int, backend_port: int, version: str) -> str:
     send_proxy = "send-proxy-v2" if version == "v2" else "send-proxy"
     path = tmp_path / f"haproxy-{version}.cfg"
     path.write_text(f"""global
@@ -143,7 +164,7 @@ defaults
     timeout client 30s
     timeout server 30s
 frontend smtp
-    bind 127.0.0.1:{frontend_port}
+    bind fd@{frontend_fd}
     default_backend gsmtpd
 backend gsmtpd
     server g1 127.0.0.1:{backend_port} {send_proxy}
@@ -154,24 +175,17 @@ backend gsmtpd
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_haproxy_in_front_sends_the_real_client_address(any_store, gsmtpd_server, tmp_path, version):
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
-    backend = free_port()
-    config = write_config(tmp_path, f'[[listener]]\naddress = "127.0.0.1:{backend}"\nproxy_protocol = true\n')
+    config = write_config(tmp_path, '[[listener]]\naddress = "127.0.0.1:0"\nproxy_protocol = true\n')
     server = gsmtpd_server(any_store, config=config, trusted_networks="127.0.0.0/8")
-    frontend = free_port()
-    proc = subprocess.Popen([haproxy, "-db", "-f", haproxy_config(tmp_path, frontend, backend, version)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    backend = server.listener_port("proxy_protocol")
+    # HAProxy's frontend is a socket bound here on port 0 and inherited (bind fd@N): it
+    # listens before HAProxy runs, so a connection waits in its backlog, never refused.
+    frontend = socket.create_server(("127.0.0.1", 0))
+    proc = subprocess.Popen([haproxy, "-db", "-f", haproxy_config(tmp_path, frontend.fileno(), backend, version)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=[frontend.fileno()])
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                # The client connects from 127.0.0.2 so the proxied address differs from HAProxy's own.
-                sock = socket.create_connection(("127.0.0.1", frontend), timeout=10,
-                                                source_address=("127.0.0.2", 0))
-                break
-            except ConnectionRefusedError:
-                assert time.monotonic() < deadline, "haproxy did not start"
-                time.sleep(0.1)
-        sock.settimeout(10)
+        # The client connects from 127.0.0.2 so the proxied address differs from HAProxy's own.
+        sock = socket.create_connection(frontend.getsockname(), timeout=10, source_address=("127.0.0.2", 0))
         sock.sendall(b"EHLO proxied\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@test.org>\r\nDATA\r\n")
         received = b""
         while received.count(b"\r\n354 ") == 0 and not received.startswith(b"354"):
@@ -190,6 +204,7 @@ def test_haproxy_in_front_sends_the_real_client_address(any_store, gsmtpd_server
     finally:
         proc.terminate()
         proc.wait(10)
+        frontend.close()
     row = any_store.rows()[0]
     assert row["ip_addr"] == "127.0.0.2"
     assert b"([127.0.0.2])" in bytes(row["mail"])
@@ -197,9 +212,9 @@ def test_haproxy_in_front_sends_the_real_client_address(any_store, gsmtpd_server
 
 
 def test_proxy_header_from_an_untrusted_peer_closes_the_connection(sqlite_store, gsmtpd_server, tmp_path):
-    port = free_port()
-    config = write_config(tmp_path, f'[[listener]]\naddress = "127.0.0.1:{port}"\nproxy_protocol = true\n')
+    config = write_config(tmp_path, '[[listener]]\naddress = "127.0.0.1:0"\nproxy_protocol = true\n')
     server = gsmtpd_server(sqlite_store, config=config, trusted_networks="10.9.9.0/24")
+    port = server.listener_port("proxy_protocol")
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     sock.sendall(b"PROXY TCP4 192.0.2.1 127.0.0.1 5555 25\r\n")
     assert closed_without_reply(sock), "an untrusted peer gets no greeting"
@@ -210,9 +225,9 @@ def test_proxy_header_from_an_untrusted_peer_closes_the_connection(sqlite_store,
                                     b"PROXY TCP4 192.0.2.1 127.0.0.1 1_000 25\r\n",
                                     b"\r\n\r\n\x00\r\nQUIT\n\x31\x11\x00\x0c" + b"\x00" * 12])
 def test_malformed_proxy_header_closes_the_connection(sqlite_store, gsmtpd_server, tmp_path, header):
-    port = free_port()
-    config = write_config(tmp_path, f'[[listener]]\naddress = "127.0.0.1:{port}"\nproxy_protocol = true\n')
+    config = write_config(tmp_path, '[[listener]]\naddress = "127.0.0.1:0"\nproxy_protocol = true\n')
     server = gsmtpd_server(sqlite_store, config=config, trusted_networks="127.0.0.1")
+    port = server.listener_port("proxy_protocol")
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     sock.sendall(header)
     assert closed_without_reply(sock)
@@ -258,8 +273,8 @@ def test_max_clients_answers_421_instead_of_hanging(sqlite_store, gsmtpd_server)
     assert extra.reply() == "421 4.3.2 Too many connections, try again later"
     assert extra.closed()
     held[0].command("QUIT")
-    held[0].closed()
-    time.sleep(0.2)
+    assert held[0].closed()
+    server.wait_log(r"disconnect ip=127\.0\.0\.1 messages=0")   # logged after its place is given back
     assert server.raw().reply().startswith("220")
 
 
@@ -275,9 +290,8 @@ def test_per_address_limit(sqlite_store, gsmtpd_server, workers):
         assert extra.closed()
     held[0].command("QUIT")
     assert held[0].closed()
-    deadline = time.monotonic() + 5
-    while not server.raw().reply().startswith("220"):
-        assert time.monotonic() < deadline, "a closed connection frees its place"
+    server.wait_log(r"disconnect ip=127\.0\.0\.1 messages=0")   # logged after its place is given back
+    assert server.raw().reply().startswith("220"), "a closed connection frees its place"
     other = socket.create_connection((server.host, server.port), source_address=("127.0.0.3", 0), timeout=5)
     assert other.recv(100).startswith(b"220"), "another address is not affected"
 
@@ -293,45 +307,41 @@ def test_a_line_without_end_is_cut_off_without_buffering_it(sqlite_store, gsmtpd
 
 
 def test_slow_drip_command_is_cut_off_by_its_deadline(sqlite_store, gsmtpd_server):
+    """The deadline is for the whole command line: bytes that keep coming do not extend it."""
     server = gsmtpd_server(sqlite_store, timeout=2)
     client = server.raw()
     client.reply()
-    started = time.monotonic()
-    try:
-        for char in b"NOOP and more and more and more":
-            client.send(bytes([char]))
-            time.sleep(0.25)
-    except OSError:
-        pass
+    line = b"NOOP " + b"and more " * 6       # 15 s at a byte every 0.25 s, no end of line
+    sent = drip_until_answered(client.sock, line, 0.25)
+    assert sent < len(line), "the client dripped its whole line without being cut off"
     assert client.reply() == "421 4.4.2 Timeout waiting for command, closing connection"
-    assert time.monotonic() - started < 5
     assert client.closed()
 
 
 def test_slow_drip_data_is_cut_off_by_the_data_deadline(sqlite_store, gsmtpd_server):
+    """Each byte comes well within the command timeout (3 s), but the DATA phase as a whole
+    may take only data_timeout (2 s)."""
     server = gsmtpd_server(sqlite_store, timeout=3, data_timeout=2)
     client = server.raw()
     client.start_data()
-    started = time.monotonic()
-    try:
-        for _ in range(30):
-            client.send(b"x")
-            time.sleep(0.2)
-    except OSError:
-        pass
+    content = b"x" * 60                      # 12 s at a byte every 0.2 s
+    sent = drip_until_answered(client.sock, content, 0.2)
+    assert sent < len(content), "the client dripped all its content without being cut off"
     assert client.reply() == "421 4.4.2 Timeout during DATA, closing connection"
-    assert time.monotonic() - started < 5
     assert sqlite_store.count() == 0
 
 
 def test_silent_client_gets_421_after_the_command_timeout(sqlite_store, gsmtpd_server):
-    server = gsmtpd_server(sqlite_store, timeout=1)
+    """A client that sends a command every half timeout is served for several timeouts;
+    once it falls silent it gets 421 (well before the default 60 s, so --timeout applied)."""
+    server = gsmtpd_server(sqlite_store, timeout=2)
     client = server.raw()
     assert client.reply().startswith("220 ")
     assert client.command("EHLO quiet").startswith("250")
-    started = time.monotonic()
+    for _ in range(6):                       # 6 s of commands, 1 s apart: each one in time
+        assert not select.select([client.sock], [], [], 1.0)[0], "nothing before the next command"
+        assert client.command("NOOP") == "250 2.0.0 OK"
     assert client.reply() == "421 4.4.2 Timeout waiting for command, closing connection"
-    assert 0.9 < time.monotonic() - started < 3
     assert client.closed()
 
 
@@ -340,9 +350,9 @@ def test_client_silent_during_data_gets_421_and_nothing_is_stored(sqlite_store, 
     client = server.raw()
     client.start_data()
     client.send(b"Subject: half\r\n\r\nand then nothing")
-    started = time.monotonic()
+    # The 421 comes from --timeout (1 s), not from data_timeout (600 s): the client
+    # socket gives up after 15 s.
     assert client.reply() == "421 4.4.2 Timeout during DATA, closing connection"
-    assert 0.9 < time.monotonic() - started < 3
     assert client.closed()
     assert sqlite_store.count() == 0
 
@@ -369,12 +379,9 @@ def test_client_that_never_reads_its_replies_is_cut_off(sqlite_store, gsmtpd_ser
     assert other.command("NOOP") == "250 2.0.0 OK"
     assert other.command("QUIT").startswith("221 ")
     assert other.closed()
-    # Without reading a byte: the blocked session is ended too, after about a second.
-    started = time.monotonic()
-    while server.log().count("disconnect ip=") < 2 and time.monotonic() - started < 5:
-        time.sleep(0.1)
-    assert server.log().count("disconnect ip=127.0.0.1") == 2
-    assert time.monotonic() - started < 4
+    # Without reading a byte: the blocked session is ended too (the timeout is 1 s, the
+    # wait 10 s: a send without a deadline would block until the client reads).
+    server.wait_log(r"(?s)disconnect ip=127\.0\.0\.1 .*disconnect ip=127\.0\.0\.1 ", timeout=10)
     sock.close()
 
 
@@ -443,16 +450,17 @@ def test_nul_bare_cr_and_bad_utf8_in_commands(sqlite_store, gsmtpd_server):
 
 
 def test_a_hostile_client_does_not_slow_the_others(sqlite_store, gsmtpd_server):
-    """One client streams an endless line and another drips DATA; a third still gets
-    answers at once."""
-    server = gsmtpd_server(sqlite_store, timeout=20)
+    """One client streams an endless line; another is answered meanwhile, while the flood
+    goes on (its bytes keep being taken). How fast is bench/'s business."""
+    server = gsmtpd_server(sqlite_store, timeout=20, workers=1)
     stop = threading.Event()
+    flooded = [0]
 
     def flood():
         sock = socket.create_connection((server.host, server.port), timeout=5)
         try:
             while not stop.is_set():
-                sock.sendall(b"A" * 65536)
+                flooded[0] += sock.send(b"A" * 65536)
         except OSError:
             pass
 
@@ -461,12 +469,9 @@ def test_a_hostile_client_does_not_slow_the_others(sqlite_store, gsmtpd_server):
     try:
         good = server.raw()
         good.reply()
-        worst = 0.0
         for _ in range(20):
-            started = time.monotonic()
             assert good.command("NOOP") == "250 2.0.0 OK"
-            worst = max(worst, time.monotonic() - started)
-        assert worst < 2.0, f"NOOP took {worst:.3f}s next to a flooding client"
+        assert thread.is_alive() and flooded[0] > 0, "the flood went on while the NOOPs were answered"
     finally:
         stop.set()
         thread.join(10)

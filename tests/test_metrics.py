@@ -12,7 +12,8 @@ import urllib.request
 import pytest
 
 from conftest import MYSQL_HOST, MYSQL_PORT, message
-from tcp_proxy import TcpProxy, free_port
+from tcp_proxy import TcpProxy
+from test_arbiter import wait_until
 
 
 def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
@@ -37,8 +38,8 @@ def value(text: str, name: str, **labels: str) -> float:
 
 
 def test_counters_add_up_to_what_was_sent_across_workers(mysql_store, gsmtpd_server):
-    metrics_port = free_port()
-    server = gsmtpd_server(mysql_store, workers=2, metrics=f"127.0.0.1:{metrics_port}", max_size=20000)
+    server = gsmtpd_server(mysql_store, workers=2, metrics="127.0.0.1:0", max_size=20000)
+    metrics_port = server.metrics_port()
     smtp_source = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
     load = subprocess.Popen([smtp_source, "-s", "10", "-m", "600", "-l", "2000", "-f", "load@example.org",
                              "-t", "sink@test.org", f"{server.host}:{server.port}"],
@@ -56,9 +57,16 @@ def test_counters_add_up_to_what_was_sent_across_workers(mysql_store, gsmtpd_ser
         client.mail("a@example.org")
         client.rcpt("b@test.org")
         assert client.data(message(body="x" * 30000))[0] == 552
-    time.sleep(0.5)
-    status, text = scrape(metrics_port)
-    assert status == 200
+
+    def settled() -> str | None:
+        """The scrape once the last session is counted and closed."""
+        status, text = scrape(metrics_port)
+        assert status == 200
+        done = (value(text, "gsmtpd_messages_total", result="rejected", code="552") >= 1
+                and value(text, "gsmtpd_connections_open") == 0)
+        return text if done else None
+
+    text = wait_until(settled, 10, "the last session in the metrics")
     assert value(text, "gsmtpd_messages_total", result="accepted", code="250") == 600 == mysql_store.count()
     assert value(text, "gsmtpd_messages_total", result="rejected", code="552") == 1
     assert value(text, "gsmtpd_recipients_total") == 600
@@ -78,8 +86,8 @@ def test_healthz_follows_the_store(mysql_store, gsmtpd_server):
     proxy = TcpProxy((MYSQL_HOST, MYSQL_PORT))
     proxy.start()
     mysql_store.url = f"mysql://root:@127.0.0.1:{proxy.port}/{mysql_store.database}"
-    metrics_port = free_port()
-    server = gsmtpd_server(mysql_store, workers=1, metrics=f"127.0.0.1:{metrics_port}", save_timeout=2)
+    server = gsmtpd_server(mysql_store, workers=1, metrics="127.0.0.1:0", save_timeout=2)
+    metrics_port = server.metrics_port()
     try:
         assert scrape(metrics_port, "/healthz")[0] == 200
         proxy.stop()

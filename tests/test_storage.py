@@ -60,12 +60,9 @@ def test_stalled_database_gets_451_after_the_save_timeout_and_recovers(mysql_sto
     try:
         with locker.cursor() as cur:
             cur.execute("LOCK TABLES new_mail WRITE")
-        started = time.monotonic()
-        assert try_send(server, "stalled")[0] == 451
-        waited = time.monotonic() - started
-        # The writer gives each database call half the save timeout, so the 451 comes
-        # after about 1 s and never after more than the save timeout.
-        assert 0.5 < waited < 2.5, f"451 after {waited:.1f}s, save timeout is 2s"
+        # The table stays locked until this reply comes: without the save timeout the
+        # client would wait for it until its own 30 s timeout and fail.
+        assert try_send(server, "stalled") == (451, b"4.3.0 Temporary storage failure, try again later")
     finally:
         with locker.cursor() as cur:
             cur.execute("UNLOCK TABLES")

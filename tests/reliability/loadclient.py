@@ -581,6 +581,16 @@ class SlowDrip:
     def open_now(self) -> int:
         return sum(1 for d in self.drips if d.connected and d.ended is None)
 
+    def wait_greeted(self, timeout: float) -> bool:
+        """Until every connection has had its greeting (or a refusal, or an error): the
+        slow clients are all in place. False if that takes longer than ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.all_open.is_set() and all(d.connected or d.refused or d.error or d.ended for d in self.drips):
+                return True
+            time.sleep(0.05)
+        return False
+
     def _main(self) -> None:
         try:
             started = time.monotonic()

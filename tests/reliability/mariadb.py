@@ -1,10 +1,11 @@
 """A throwaway MariaDB server that a test may stop, start and stall at will.
 
 The machine's shared MariaDB on 3306 is never touched: this one has its own data directory
-(under a temporary directory), its own Unix socket and pid file, and a free TCP port on
-127.0.0.1. ``stop()`` is a clean shutdown (SIGTERM, as ``systemctl stop`` does), ``kill()`` a
-crash (SIGKILL); ``start()`` brings the same data directory back on the same port, so a
-client that knew the old address finds it again.
+(under a temporary directory), its own Unix socket and pid file, and a TCP port on
+127.0.0.1 held for the server's whole life (``reserve_port``). ``stop()`` is a clean
+shutdown (SIGTERM, as ``systemctl stop`` does), ``kill()`` a crash (SIGKILL); ``start()``
+brings the same data directory back on the same port, so a client that knew the old
+address finds it again.
 
     with ThrowawayMariaDB(tmp_dir) as db:
         url = db.url("gsmtpd")      # mysql://root:@127.0.0.1:PORT/gsmtpd
@@ -35,15 +36,21 @@ def missing() -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def reserve_port() -> socket.socket:
+    """A port for this server's whole life. mariadbd cannot bind port 0 and say which port
+    it got (--port=0 means 3306), so we hold the port instead: a socket bound with
+    SO_REUSEADDR but never listening. mariadbd (which also sets SO_REUSEADDR) binds and
+    listens beside it; connections go to the listener only and are refused while mariadbd
+    is down; and no bind(0) of another test gets this port meanwhile, as it could after a
+    bind-close probe."""
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", 0))
+    return holder
 
 
 class ThrowawayMariaDB:
-    def __init__(self, base: str | Path | None = None, port: int | None = None,
-                 extra_args: tuple[str, ...] = ()):
+    def __init__(self, base: str | Path | None = None, extra_args: tuple[str, ...] = ()):
         self.own_base = base is None
         # A Unix socket path must stay under ~108 bytes: keep the directory short.
         self.base = Path(base) if base is not None else Path(tempfile.mkdtemp(prefix="gsmtpd-mdb-"))
@@ -51,7 +58,8 @@ class ThrowawayMariaDB:
         self.socket = self.base / "mysqld.sock"
         self.pid_file = self.base / "mysqld.pid"
         self.error_log = self.base / "error.log"
-        self.port = port or free_port()
+        self.reservation = reserve_port()
+        self.port = self.reservation.getsockname()[1]
         self.extra_args = tuple(extra_args)
         self.proc: subprocess.Popen | None = None
 
@@ -112,6 +120,7 @@ class ThrowawayMariaDB:
 
     def close(self) -> None:
         self.kill()
+        self.reservation.close()
         if self.own_base:
             shutil.rmtree(self.base, ignore_errors=True)
 

@@ -53,17 +53,31 @@ BENCH = Numbers(rate=500.0, concurrency=60, seconds=10.0, slow=2000, slow_source
                 stall_concurrency=300, queue_max=200, command_timeout=6.0, data_timeout=10.0)
 
 
+# How quickly things should happen. These measure the machine as much as the code, so the
+# tests assert the behaviour (the 451, the 421, the replacement, the recovery) and
+# bench/reliability.py checks these durations and prints the ones missed.
+REPLY_MARGIN = 1.5      # seconds past the save timeout that a reply may take (scheduling, a round trip)
+RECOVERY = 6.0          # seconds from the database's return to a stored message
+REPLACEMENT = 10.0      # seconds from a worker's death to its replacement
+CUT_OFF_MARGIN = 3.0    # seconds past a slow client's deadline for the cut-off to reach it
+P99_FLOOR = 0.05        # beside slow clients, p99 to 250 within 2x calm, or this many seconds
+
+
 @dataclass
 class Result:
     name: str
     reports: list[Report] = field(default_factory=list)
     figures: dict = field(default_factory=dict)
+    timing: list[tuple[str, bool]] = field(default_factory=list)   # (target, met): for the bench
 
     def text(self) -> str:
         lines = [report.line() for report in self.reports]
         if self.figures:
             lines.append(f"{self.name}: " + " ".join(f"{k}={v}" for k, v in self.figures.items()))
         return "\n".join(lines)
+
+    def timing_missed(self) -> list[str]:
+        return [target for target, met in self.timing if not met]
 
     def publish(self) -> "Result":
         FIGURES.append(self.text())
@@ -145,6 +159,8 @@ def kill_worker(start_server, store, n: Numbers) -> Result:
         "master_alive": server.proc.poll() is None, "rate": f"{rate(attempts):.0f}/s"})
     result.replaced_after = replaced_after
     result.master_alive = server.proc.poll() is None
+    result.timing = [(f"worker replaced within {REPLACEMENT:.0f}s",
+                      replaced_after is not None and replaced_after < REPLACEMENT)]
     return result
 
 
@@ -214,6 +230,11 @@ def db_outage(start_server, db, store, n: Numbers, crash: bool = False) -> Resul
         "save_timeout": n.save_timeout})
     result.during = during
     result.recovered_after = None if first is None else first - up_at
+    result.timing = [
+        (f"every reply within save_timeout + {REPLY_MARGIN}s",
+         report.max_reply_wait is not None and report.max_reply_wait <= n.save_timeout + REPLY_MARGIN),
+        (f"stored again within {RECOVERY:.0f}s", result.recovered_after is not None
+         and result.recovered_after <= RECOVERY)]
     return result
 
 
@@ -272,6 +293,15 @@ def db_stall(start_server, store, n: Numbers) -> Result:
     result.waits_451 = waits_451
     result.calm_mb, result.peak_mb = calm_mb, peak_mb
     result.recovered_after = None if first is None else first - unlocked_at
+    # Once a bug: a message the writer had claimed waited for the database's own timeout on
+    # top of its time in the queue, and a reconnect re-ran CREATE TABLE against the lock (~2x).
+    waits_during = [a.ended - a.dot_at for a in during if a.ended]
+    result.timing = [
+        (f"every 451 within save_timeout + {REPLY_MARGIN}s", max(waits_451, default=0) <= n.save_timeout + REPLY_MARGIN),
+        (f"every reply during the stall within save_timeout + {REPLY_MARGIN}s",
+         max(waits_during, default=0) <= n.save_timeout + REPLY_MARGIN),
+        (f"stored again within {RECOVERY:.0f}s", result.recovered_after is not None
+         and result.recovered_after <= RECOVERY)]
     return result
 
 
@@ -323,8 +353,7 @@ def hostile(start_server, store, n: Numbers) -> Result:
     calm = check(calm_load.run(), store.connect, calm_load.run_id, "calm")
     drip = SlowDrip(target, count=n.slow, sources=loopback_sources(n.slow_sources),
                     give_up=n.data_timeout + 30, open_rate=1000).start()
-    drip.all_open.wait(60)
-    time.sleep(0.5)
+    drip.wait_greeted(60)
     open_now = drip.open_now
     busy_load = Load(target, rate=n.rate, concurrency=n.concurrency,
                      duration=min(calm_seconds, n.command_timeout - 1.5), size=n.size,
@@ -340,6 +369,13 @@ def hostile(start_server, store, n: Numbers) -> Result:
         "timeout": n.command_timeout, "data_timeout": n.data_timeout, **summary})
     result.calm, result.busy, result.drips = calm, busy, drips
     result.open_now, result.open_after = open_now, open_after
+    late = [d for d in drips if d.connected and (d.seconds is None or d.seconds > CUT_OFF_MARGIN + (
+        n.command_timeout if d.mode == "command" else n.data_timeout))]
+    result.timing = [
+        (f"p99 to 250 beside slow clients within 2x calm or {P99_FLOOR * 1000:.0f} ms",
+         busy.p99_total is not None and calm.p99_total is not None
+         and busy.p99_total <= max(2 * calm.p99_total, P99_FLOOR)),
+        (f"every slow client cut off within its deadline + {CUT_OFF_MARGIN:.0f}s ({len(late)} later)", not late)]
     return result
 
 

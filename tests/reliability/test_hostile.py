@@ -1,13 +1,15 @@
-"""1,000 slow-drip connections next to the normal load: the good clients' p99 time to 250
-stays within 2x of the calm case, and every slow one is cut off at its deadline (--timeout
-for a command line, --data-timeout for DATA). Small deadlines keep the test short."""
+"""1,000 slow-drip connections next to the normal load: every good client's message is
+stored, and every slow one is cut off by its deadline (--timeout for a command line,
+--data-timeout for DATA) with the 421 that names it. Small deadlines keep the test short.
+How much slower the good clients were (p99 within 2x of the calm case) and how soon each
+slow one was cut off are bench/reliability.py's to check (scenarios.Result.timing)."""
 from __future__ import annotations
 
 from .scenarios import Numbers, hostile
 
 N = Numbers()
-MARGIN = 2.0          # seconds past a deadline for the cut-off to reach the client
-FLOOR = 0.05          # p99s of a few ms are noise: 2x of the calm case, or 50 ms
+CUT_OFF = {"command": "421 4.4.2 Timeout waiting for command, closing connection",
+           "data": "421 4.4.2 Timeout during DATA, closing connection"}
 
 
 def test_slow_drip_clients_do_not_slow_good_ones_and_are_cut_off(mysql_store, gsmtpd_server):
@@ -16,13 +18,9 @@ def test_slow_drip_clients_do_not_slow_good_ones_and_are_cut_off(mysql_store, gs
     assert calm.problems == [] and busy.problems == []
     assert calm.acked == calm.sent and busy.acked == busy.sent, (calm.refused, busy.refused)
     assert min(result.open_now, result.open_after) >= N.slow * 0.95, result.figures["slow_open_during_load"]
-    assert busy.p99_total <= max(2 * calm.p99_total, FLOOR), (
-        f"p99 time to 250: calm {calm.p99_total * 1000:.0f} ms, beside slow clients "
-        f"{busy.p99_total * 1000:.0f} ms")
     connected = [d for d in result.drips if d.connected]
     assert not [d for d in result.drips if d.refused], "a slow client was refused at connect"
+    assert {drip.mode for drip in connected} == {"command", "data"}
     for drip in connected:
-        deadline = N.command_timeout if drip.mode == "command" else N.data_timeout
-        assert drip.seconds is not None and drip.seconds <= deadline + MARGIN + 1.0, (
-            f"{drip.mode} drip held {drip.seconds:.1f}s, deadline {deadline}s")
-        assert drip.last_reply.startswith("421"), f"{drip.mode} drip ended with {drip.last_reply or drip.error!r}"
+        # The client itself gives up only after data_timeout + 30 s: this reply is the server's.
+        assert drip.last_reply == CUT_OFF[drip.mode], f"{drip.mode} drip ended with {drip.last_reply or drip.error!r}"
