@@ -227,6 +227,12 @@ class Member:
                 and status.get("wsrep_local_state_comment") == "Synced"
                 and status.get("wsrep_cluster_size") == str(size))
 
+    def in_primary(self) -> bool:
+        """Synced and ready in the primary component (of whatever size)."""
+        status = self.status() or {}
+        return (status.get("wsrep_cluster_status") == "Primary" and status.get("wsrep_ready") == "ON"
+                and status.get("wsrep_local_state_comment") == "Synced")
+
     def isolate(self, on: bool = True) -> None:
         """Cut this member off the others with Galera's own switch: it leaves the primary
         component (wsrep_ready=OFF, queries get 1047) until isolate(False)."""
