@@ -75,14 +75,10 @@ class Store:
 class Deployment:
     """Two gsmtpd nodes and HAProxy in front of them."""
 
-    def __init__(self, cluster: galera.GaleraCluster, base: Path):
+    def __init__(self, cluster: galera.GaleraCluster | None, base: Path, urls: dict[str, str] | None = None):
         self.cluster = cluster
         self.base = base
-        m1, m2, m3 = cluster.members
-        self.urls = {
-            "A": f"mysql://root:@{m1.host_spec},{m2.host_spec},{m3.host_spec}/{DATABASE}",
-            "B": f"mysql://root:@{m2.socket_spec},{m3.socket_spec},{m1.socket_spec}/{DATABASE}",
-        }
+        self.urls = urls or self.cluster_urls(cluster)
         self.nodes: dict[str, GsmtpdProcess] = {}
         self.haproxy: subprocess.Popen | None = None
         self.port = 0
@@ -90,6 +86,14 @@ class Deployment:
         config.write_text('[[listener]]\naddress = "127.0.0.1:0"\nproxy_protocol = true\n')
         self.options = dict(config=config, workers=2, save_timeout=SAVE_TIMEOUT, trusted_networks="127.0.0.1/32",
                             max_per_ip=1000, fail_back_after=FAIL_BACK_AFTER, metrics="127.0.0.1:0")
+
+    @staticmethod
+    def cluster_urls(cluster: galera.GaleraCluster) -> dict[str, str]:
+        m1, m2, m3 = cluster.members
+        return {
+            "A": f"mysql://root:@{m1.host_spec},{m2.host_spec},{m3.host_spec}/{DATABASE}",
+            "B": f"mysql://root:@{m2.socket_spec},{m3.socket_spec},{m1.socket_spec}/{DATABASE}",
+        }
 
     def start_node(self, name: str) -> GsmtpdProcess:
         directory = self.base / name
