@@ -84,3 +84,21 @@ def test_every_member_failed_means_try_them_all_in_order():
     members.failed(1)
     members.failed(0)
     assert members.candidates() == [0, 1]
+
+
+class NoMembers:
+    """A store whose members are Unix sockets nobody listens on."""
+
+    def __init__(self, tmp_path):
+        self.url = "mysql://root:@" + ",".join(str(tmp_path / name).replace("/", "%2F")
+                                              for name in ("m1.sock", "m2.sock")) + "/gsmtpd"
+
+
+def test_no_member_answering_starts_and_answers_451(gsmtpd_server, tmp_path):
+    server = gsmtpd_server(NoMembers(tmp_path), workers=1, save_timeout=2)
+    server.wait_log(r"store unreachable at start, answering 451 until it is back: no database member is "
+                    r"ready: unix:\S+/m1\.sock: cannot connect: .*; unix:\S+/m2\.sock: cannot connect")
+    client = server.raw()
+    client.start_data()
+    assert client.command(b"Subject: x\r\n\r\nhi\r\n.").startswith("451 4.3.0")
+    client.close()
