@@ -137,8 +137,14 @@ def parts_by_bytes(batch: list[Pending], limit: int) -> list[list[int]]:
 
 
 class MySQLBackend(Backend):
-    def __init__(self, address: StoreAddress, timeout: float, batch_max_bytes: int = 1 << 62,
+    def __init__(self, host: str = "127.0.0.1", port: int = 3306, user: str = "root", password: str = "",
+                 database: str = "gsmtpd", unix_socket: str | None = None, timeout: float = 7.5, *,
+                 address: StoreAddress | None = None, batch_max_bytes: int = 1 << 62,
                  fail_back_after: float = 30.0):
+        """One server by host/port/unix_socket, or the members of ``address`` (a store URL
+        with several hosts, members.parse_mysql_url)."""
+        if address is None:
+            address = StoreAddress((Member(host, port, unix_socket),), user, password, database)
         self.params = dict(user=address.user, password=address.password, database=address.database,
                            charset="utf8mb4", autocommit=True, max_allowed_packet=1 << 30)
         self.timeout = timeout
@@ -306,9 +312,10 @@ class MySQLBackend(Backend):
         return verdicts
 
     def _write_retrying(self, batch: list[Pending]) -> list[Verdict]:
-        """Write one transaction; again after a conflict or on another member after one
-        went away before its COMMIT (or is known not to have committed it), while every
-        message of the batch has time for one more try."""
+        """Write one transaction; again after a conflict (rolled back), or on the next
+        member when the one in use went away before the COMMIT was sent, while every
+        message of the batch has time for one more try. A COMMIT that was sent is never
+        written again: its outcome is looked up (_was_committed)."""
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 return self._write_once(batch)

@@ -109,7 +109,7 @@ def open_backend(url: str, save_timeout: float, **mysql_options) -> Backend:
     if parts.scheme == "mysql":
         from .members import parse_mysql_url
         from .mysql_store import MySQLBackend
-        return MySQLBackend(parse_mysql_url(url), timeout, **mysql_options)
+        return MySQLBackend(address=parse_mysql_url(url), timeout=timeout, **mysql_options)
     raise ValueError(f"unknown store {url!r}")
 
 
