@@ -251,6 +251,25 @@ def ack_gap(attempts, since: float) -> float:
     return max((b - a for a, b in zip(points, points[1:])), default=0.0)
 
 
+# --- what ships
+
+
+def test_shipped_haproxy_and_galera_configs_are_read_as_meant():
+    _require_cluster()
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    checked = subprocess.run([HAPROXY, "-c", "-f", str(conf / "haproxy.cfg")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    effective = subprocess.run([galera.MARIADBD, f"--defaults-file={conf / 'galera' / 'galera.cnf'}",
+                                "--user=mysql", "--verbose", "--help"], capture_output=True, text=True, timeout=60)
+    values = dict(line.split(None, 1) for line in effective.stdout.splitlines() if line and not line[0].isspace()
+                  and len(line.split(None, 1)) == 2)
+    assert values["wsrep-on"].strip() == "TRUE"
+    assert values["binlog-format"].strip() == "ROW"
+    assert values["innodb-autoinc-lock-mode"].strip() == "2"
+    assert values["wsrep-provider"].strip().endswith("libgalera_smm.so")
+    assert values["wsrep-cluster-address"].strip().startswith("gcomm://")
+
+
 # --- the scenarios (numbers as in the issue)
 
 
