@@ -285,7 +285,7 @@ def test_1_kill_one_gsmtpd_node(whole):
 
 def test_2_kill_the_member_a_node_writes_to(whole, cluster):
     """kill -9 m1, node A's member: A fails over to the next member, lost 0; m1 rejoins,
-    catches up, and A returns to it once it has been ready for FAIL_BACK_AFTER seconds."""
+    catches up by IST (the write-sets it missed, from a donor's gcache), and A returns to it once it has been ready for FAIL_BACK_AFTER seconds."""
     m1 = cluster.members[0]
     run = load(whole, 8)
     time.sleep(2)
@@ -295,8 +295,10 @@ def test_2_kill_the_member_a_node_writes_to(whole, cluster):
     whole.nodes["A"].wait_log(rf"database member 127\.0\.0\.1:{m1.ports['sql']} is down")
     whole.nodes["A"].wait_log(r"database member 127\.0\.0\.1:\d+ in use instead of 127\.0\.0\.1:"
                               rf"{m1.ports['sql']}")
+    logged = m1.error_log.stat().st_size
     m1.start()
     cluster.wait_synced(want=3)
+    assert "IST received" in m1.log_tail(chars=1 << 20, since=logged), "m1 did not catch up by IST"
     rows_m1 = m1.query("SELECT COUNT(*) FROM new_mail", DATABASE)[0][0]
     rows_m2 = cluster.members[1].query("SELECT COUNT(*) FROM new_mail", DATABASE)[0][0]
     assert rows_m1 == rows_m2, "the member that came back has not caught up"
