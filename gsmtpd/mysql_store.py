@@ -64,9 +64,12 @@ NOT_READY = 1047
 CONFLICT = {1213, 1205}
 # Tries of one batch when it meets conflicts or a member that goes away (deadlines permitting).
 ATTEMPTS = 3
-# Seconds the lookup of an in-doubt COMMIT may take on another member (connect, catch up,
-# SELECT): the sessions of that batch wait for it.
+# Seconds the lookup of an in-doubt COMMIT may take at least (connect, catch up, SELECT);
+# more while the batch's deadlines leave more: on a cluster the other member's catching up
+# waits for the lost member to be evicted (Galera's evs.suspect_timeout, 5 s by default).
 IN_DOUBT_TIMEOUT = 1.0
+# Kept back from the deadline for the verdict to reach the sessions.
+DEADLINE_MARGIN = 0.25
 
 
 class MemberDown(Exception):
@@ -428,8 +431,9 @@ class MySQLBackend(Backend):
             return False
         if self.member is not None:
             self.members.failed(self.member, "the answer to a COMMIT was lost")
+        left = min(p.deadline for p in batch) - time.monotonic() - DEADLINE_MARGIN
         try:
-            self.connect(timeout=IN_DOUBT_TIMEOUT)
+            self.connect(timeout=max(IN_DOUBT_TIMEOUT, left))
             with self.conn.cursor() as cur:
                 if self.cluster:
                     cur.execute("SET SESSION wsrep_sync_wait = 1")
