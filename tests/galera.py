@@ -20,17 +20,15 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from reliability.mariadb import INSTALL_DB, MARIADBD, ThrowawayMariaDB
+
 PROVIDER = next((p for p in ("/usr/lib/galera/libgalera_smm.so", "/usr/lib/libgalera_smm.so",
                              "/usr/lib64/galera-4/libgalera_smm.so") if os.path.exists(p)), None)
-MARIADBD = shutil.which("mariadbd") or next(
-    (p for p in ("/usr/sbin/mariadbd", "/usr/sbin/mysqld") if os.access(p, os.X_OK)), None)
-INSTALL_DB = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
 
 
 def _run_as() -> str:
@@ -77,49 +75,42 @@ class PortTaken(Exception):
     pass
 
 
-class Member:
+class Member(ThrowawayMariaDB):
+    """One member: tests/reliability's throwaway server (install, stop, kill, clients),
+    started with Galera's settings and ports."""
+
+    user = RUN_AS or "root"
+
     def __init__(self, cluster: "GaleraCluster", index: int):
         self.cluster = cluster
         self.index = index
         self.name = f"m{index + 1}"
-        self.base = cluster.base / self.name
-        self.datadir = self.base / "data"
-        self.socket = self.base / "sock"
-        self.error_log = self.base / "error.log"
         self.ports = _ports()
-        self.proc: subprocess.Popen | None = None
+        super().__init__(cluster.base / self.name, port=self.ports["sql"])
+
+    def new_ports(self) -> None:
+        self.ports = _ports()
+        self.port = self.ports["sql"]
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.ports['gcomm']}"
 
-    def url(self, database: str) -> str:
-        return f"mysql://root:@127.0.0.1:{self.ports['sql']}/{database}"
-
     @property
     def host_spec(self) -> str:
         """This member in a multi-host store URL (TCP)."""
-        return f"127.0.0.1:{self.ports['sql']}"
+        return f"127.0.0.1:{self.port}"
 
     @property
     def socket_spec(self) -> str:
         """This member in a multi-host store URL, by its Unix socket (percent-encoded path)."""
         return str(self.socket).replace("/", "%2F")
 
-    def install(self) -> None:
-        args = [INSTALL_DB, "--no-defaults", f"--datadir={self.datadir}",
-                "--auth-root-authentication-method=normal", "--skip-test-db"]
-        if os.geteuid() == 0:
-            args.append(f"--user={RUN_AS}")
-        result = subprocess.run(args, capture_output=True, text=True, timeout=120)
-        if result.returncode != 0:
-            raise RuntimeError(f"mariadb-install-db failed: {result.stderr[-2000:]}")
-
     def args(self, bootstrap: bool) -> list[str]:
         others = ",".join(m.address for m in self.cluster.members)
         args = [MARIADBD, "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}",
-                f"--port={self.ports['sql']}", "--bind-address=127.0.0.1",
-                f"--pid-file={self.base / 'pid'}", f"--log-error={self.error_log}", "--skip-name-resolve",
+                f"--port={self.port}", "--bind-address=127.0.0.1",
+                f"--pid-file={self.pid_file}", f"--log-error={self.error_log}", "--skip-name-resolve",
                 "--innodb-buffer-pool-size=64M", "--innodb-log-file-size=48M", "--max-connections=200",
                 "--performance-schema=OFF", "--innodb-flush-log-at-trx-commit=2",
                 # What Galera needs (conf/galera/galera.cnf says why each):
@@ -133,7 +124,7 @@ class Member:
         if bootstrap:
             args.append("--wsrep-new-cluster")
         if os.geteuid() == 0:
-            args.append(f"--user={RUN_AS}")
+            args.append(f"--user={self.user}")
         return args
 
     def start(self, bootstrap: bool = False, timeout: float = 90.0) -> None:
@@ -176,34 +167,9 @@ class Member:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def kill(self) -> None:
-        self._signal(signal.SIGKILL)
-
-    def stop(self) -> None:
-        """Clean shutdown, as systemctl stop."""
-        self._signal(signal.SIGTERM)
-
-    def _signal(self, sig: int) -> None:
-        if not self.running:
-            return
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def freeze(self) -> None:
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        os.kill(self.proc.pid, signal.SIGCONT)
-
     def connect(self, database: str | None = None, timeout: float = 2.0):
-        import pymysql
-        return pymysql.connect(unix_socket=str(self.socket), user="root", password="", database=database,
-                               charset="utf8mb4", autocommit=True, connect_timeout=timeout,
-                               read_timeout=timeout * 5, write_timeout=timeout * 5)
+        return super().connect(database, connect_timeout=timeout, read_timeout=timeout * 5,
+                               write_timeout=timeout * 5)
 
     def query(self, sql: str, database: str | None = None) -> list[tuple]:
         conn = self.connect(database)
@@ -267,7 +233,7 @@ class GaleraCluster:
                 self.kill_all()
                 shutil.rmtree(self.base, ignore_errors=True)
                 for member in self.members:
-                    member.ports = _ports()
+                    member.new_ports()
         raise RuntimeError(f"no free ports for Galera after {attempts} attempts")
 
     def up(self) -> list[Member]:

@@ -94,11 +94,17 @@ class NoMembers:
                                               for name in ("m1.sock", "m2.sock")) + "/gsmtpd"
 
 
-def test_no_member_answering_starts_and_answers_451(gsmtpd_server, tmp_path):
-    server = gsmtpd_server(NoMembers(tmp_path), workers=1, save_timeout=2)
+def started_answering_451(server, reasons: str) -> None:
+    """The server started although no member was ready, logged each member's reason
+    (``reasons``, a pattern), and answers a message with 451."""
     server.wait_log(r"store unreachable at start, answering 451 until it is back: no database member is "
-                    r"ready: unix:\S+/m1\.sock: cannot connect: .*; unix:\S+/m2\.sock: cannot connect")
+                    r"ready: " + reasons)
     client = server.raw()
     client.start_data()
     assert client.command(b"Subject: x\r\n\r\nhi\r\n.").startswith("451 4.3.0")
     client.close()
+
+
+def test_no_member_answering_starts_and_answers_451(gsmtpd_server, tmp_path):
+    server = gsmtpd_server(NoMembers(tmp_path), workers=1, save_timeout=2)
+    started_answering_451(server, r"unix:\S+/m1\.sock: cannot connect: .*; unix:\S+/m2\.sock: cannot connect")

@@ -42,6 +42,9 @@ def free_port() -> int:
 
 
 class ThrowawayMariaDB:
+    # The system user mariadbd runs as when started by root (tests/galera.py wants "mysql").
+    user = "root"
+
     def __init__(self, base: str | Path | None = None, port: int | None = None,
                  extra_args: tuple[str, ...] = ()):
         self.own_base = base is None
@@ -62,7 +65,7 @@ class ThrowawayMariaDB:
         args = [INSTALL_DB, "--no-defaults", f"--datadir={self.datadir}",
                 "--auth-root-authentication-method=normal", "--skip-test-db"]
         if os.geteuid() == 0:
-            args.append("--user=root")
+            args.append(f"--user={self.user}")
         result = subprocess.run(args, capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
             raise RuntimeError(f"mariadb-install-db failed ({result.returncode}): {result.stderr[-2000:]}")
@@ -79,7 +82,7 @@ class ThrowawayMariaDB:
                 "--innodb-buffer-pool-size=64M", "--innodb-log-file-size=48M",
                 "--max-connections=200", *self.extra_args]
         if os.geteuid() == 0:
-            args.append("--user=root")
+            args.append(f"--user={self.user}")
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout
