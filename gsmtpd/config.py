@@ -106,6 +106,9 @@ def store_url(value: Any) -> str:
     url = as_str(value).strip()
     if not (url.startswith("mysql://") or url.startswith("sqlite://")):
         raise ValueError(f"expected mysql://user:pass@host:port/db or sqlite:///path, got {url!r}")
+    if url.startswith("mysql://"):
+        from .members import parse_mysql_url
+        parse_mysql_url(url)       # several hosts: each must be host[:port] or a socket path
     return url
 
 
@@ -212,6 +215,17 @@ SETTINGS: list[Setting] = [
             "most messages written in one INSERT/COMMIT (group commit)", metavar="N"),
     Setting("queue_max", at_least(1, as_int), 2000,
             "messages waiting for the writer before sessions wait for room", metavar="N"),
+    # --- a clustered store (MariaDB Galera; README "Scaling out")
+    # 64 MiB: a transaction is one Galera write-set, held whole in memory on every member and
+    # refused past wsrep_max_ws_size (2 GiB by default); MySQL Group Replication refuses past
+    # 150 MB (group_replication_transaction_size_limit). Far below both, and above a few
+    # recipients of a --max-size (10 MiB) message, whose rows each carry the whole mail.
+    Setting("batch_max_bytes", at_least(1 * MiB, as_int), 64 * MiB,
+            "most bytes of rows in one transaction: a batch is cut at this size, and a message "
+            "whose rows alone exceed it gets 552 5.3.4 (MySQL stores only)", metavar="BYTES"),
+    Setting("fail_back_after", at_least(0, as_float), 30.0,
+            "with several database hosts in --store: seconds a preferred member must have been "
+            "ready before the writer returns to it (no flapping)", metavar="SECONDS"),
     Setting("prefer", one_of("html", "plain"), "html",
             "which part of multipart/alternative becomes the stored body"),
     Setting("logfile", as_str, "",
@@ -405,6 +419,10 @@ def describe(config: Config) -> str:
         if setting.name == "store":
             value = redact_url(value)
         lines.append(f"{setting.name} = {value!r}")
+        if setting.name == "store" and value.startswith("mysql://"):
+            from .members import parse_mysql_url
+            members = parse_mysql_url(config.values["store"]).members
+            lines.append(f"# store members, in order of preference: {', '.join(map(str, members))}")
     return "\n".join(lines)
 
 

@@ -74,6 +74,12 @@ class Metrics:
         self.commit_seconds = Histogram("gsmtpd_commit_seconds", "Time to write and commit one batch",
                                         buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
         self.storage_errors = Counter("gsmtpd_storage_errors_total", "Batches that failed with a transient error")
+        # A cluster store (members.py): retries after a certification conflict or lock
+        # wait (MySQL 1213/1205), and moves of the writer from one member to another.
+        self.store_conflicts = Counter("gsmtpd_store_conflicts_total",
+                                       "Batches retried after a deadlock, certification conflict or lock wait")
+        self.store_failovers = Counter("gsmtpd_store_failovers_total",
+                                       "Times a writer moved to another database member")
         self.tls_sessions = Counter("gsmtpd_tls_sessions_total", "TLS handshakes completed (STARTTLS and implicit)")
         # min over live workers: 0 as soon as one worker cannot reach its store.
         self.store_up = Gauge("gsmtpd_store_up", "1 while the store is reachable", multiprocess_mode="livemin")

@@ -20,9 +20,10 @@ from importlib import resources
 
 import pymysql
 
-from . import mysql_protocol
+from . import metrics, mysql_protocol
+from .members import Member, MemberSet, StoreAddress
 from .mysql_protocol import Row
-from .store import (COLUMNS, Backend, Pending, RowRefused, StoreMisconfigured, StoreUnreachable,
+from .store import (COLUMNS, Backend, Blob, Pending, RowRefused, StoreMisconfigured, StoreUnreachable,
                     TransientError, Verdict)
 
 log = logging.getLogger("gsmtpd.store.mysql")
@@ -55,6 +56,24 @@ IDLE_PING_SECONDS = 30.0
 # Client-side error numbers for "nothing answers there" (CR_CONNECTION_ERROR, CR_CONN_HOST_ERROR,
 # CR_SERVER_GONE_ERROR, CR_SERVER_LOST): the server may come back.
 UNREACHABLE = {2002, 2003, 2006, 2013}
+# ER_UNKNOWN_COM_ERROR: what a Galera member outside the primary component (or not yet
+# Synced) answers to any query: "WSREP has not yet prepared node for application use".
+NOT_READY = 1047
+# ER_LOCK_DEADLOCK (also Galera's certification conflict) and ER_LOCK_WAIT_TIMEOUT: the
+# transaction was rolled back, nothing of it is committed: write it again.
+CONFLICT = {1213, 1205}
+# Tries of one batch when it meets conflicts or a member that goes away (deadlines permitting).
+ATTEMPTS = 3
+# Seconds the lookup of an in-doubt COMMIT may take at least (connect, catch up, SELECT);
+# more while the batch's deadlines leave more: on a cluster the other member's catching up
+# waits for the lost member to be evicted (Galera's evs.suspect_timeout, 5 s by default).
+IN_DOUBT_TIMEOUT = 1.0
+# Kept back from the deadline for the verdict to reach the sessions.
+DEADLINE_MARGIN = 0.25
+
+
+class MemberDown(Exception):
+    """The member in use went away or is not ready; the batch did not commit there."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -88,14 +107,54 @@ def _first_hashes(batch: list[Pending], verdicts: list[Verdict]) -> list[str]:
     return [p.rows[0][HASH] for p, v in zip(batch, verdicts) if v is Verdict.STORED and p.rows]
 
 
+def _code(exc: BaseException) -> int:
+    return exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+
+
+def message_bytes(pending: Pending) -> int:
+    """About the bytes a message's rows take in a transaction (text counted in characters:
+    the bound it is held to is far from any limit it guards)."""
+    total = 0
+    for row in pending.rows:
+        for value in row:
+            if isinstance(value, Blob):
+                total += sum(len(part) for part in value)
+            elif isinstance(value, (bytes, str)):
+                total += len(value)
+    return total
+
+
+def parts_by_bytes(batch: list[Pending], limit: int) -> list[list[int]]:
+    """The batch's indexes cut into runs of at most ``limit`` bytes (a message bigger than
+    that alone is a run of its own, refused with 552 when it is written)."""
+    parts: list[list[int]] = [[]]
+    size = 0
+    for index, pending in enumerate(batch):
+        weight = message_bytes(pending)
+        if parts[-1] and size + weight > limit:
+            parts.append([])
+            size = 0
+        parts[-1].append(index)
+        size += weight
+    return parts
+
+
 class MySQLBackend(Backend):
-    def __init__(self, host: str, port: int, user: str, password: str, database: str,
-                 unix_socket: str | None, timeout: float):
-        self.params = dict(host=host, port=port, user=user, password=password, database=database,
-                           unix_socket=unix_socket, charset="utf8mb4", autocommit=True,
-                           connect_timeout=max(1, min(int(timeout), 10)),
-                           read_timeout=timeout, write_timeout=timeout,
-                           max_allowed_packet=1 << 30)
+    def __init__(self, host: str = "127.0.0.1", port: int = 3306, user: str = "root", password: str = "",
+                 database: str = "gsmtpd", unix_socket: str | None = None, timeout: float = 7.5, *,
+                 address: StoreAddress | None = None, batch_max_bytes: int = 1 << 62,
+                 fail_back_after: float = 30.0):
+        """One server by host/port/unix_socket, or the members of ``address`` (a store URL
+        with several hosts, members.parse_mysql_url)."""
+        if address is None:
+            address = StoreAddress((Member(host, port, unix_socket),), user, password, database)
+        self.params = dict(user=address.user, password=address.password, database=address.database,
+                           charset="utf8mb4", autocommit=True, max_allowed_packet=1 << 30)
+        self.timeout = timeout
+        self.batch_max_bytes = batch_max_bytes
+        self.members = MemberSet(address.members, fail_back_after)
+        self.member: int | None = None       # index of the member self.conn talks to
+        self.cluster = False                 # that member is a Galera node (wsrep_on)
         self.conn: pymysql.connections.Connection | None = None
         # Statement ids are the connection's: every new connection starts with none.
         self.statements: mysql_protocol.PreparedStatements | None = None
@@ -108,13 +167,47 @@ class MySQLBackend(Backend):
         self.committing = False
 
     def connect(self, timeout: float | None = None) -> None:
-        """Open a connection; ``timeout`` overrides the connect and read timeouts."""
+        """Open a connection to the first member, in MemberSet.candidates() order, that
+        answers and is ready. All of them together may take about ``timeout`` (default: the
+        backend's, half the save timeout) to connect; the connection then gets the
+        backend's read and write timeouts."""
         self.close()
-        params = self.params if timeout is None else {
-            **self.params, "connect_timeout": timeout, "read_timeout": timeout, "write_timeout": timeout}
+        budget = self.timeout if timeout is None else timeout
+        order = self.members.candidates()
+        problems = []
+        for index in order:
+            member = self.members.members[index]
+            each = max(0.5, min(10.0, budget / len(order)))
+            try:
+                conn, cluster = self._open(member, each)
+            except (StoreUnreachable, MemberDown) as exc:
+                self.members.failed(index, exc)
+                problems.append(f"{member}: {exc}")
+                continue
+            self.conn, self.cluster, self.member = conn, cluster, index
+            self.members.connected(index)
+            conn._read_timeout = conn._write_timeout = timeout or self.timeout
+            self.statements = mysql_protocol.PreparedStatements(conn, STATEMENT_CACHE)
+            self.schema_ready = True
+            self.last_used = time.monotonic()
+            return
+        raise StoreUnreachable("no database member is ready: " + "; ".join(problems))
+
+    def _open(self, member: Member, timeout: float) -> tuple[pymysql.connections.Connection, bool]:
+        """A connection to ``member``, checked ready, with the schema in place; and
+        whether the member is a Galera node."""
         try:
-            conn = pymysql.connect(**params)
+            conn = pymysql.connect(**self.params, **member.connect_args(), connect_timeout=timeout,
+                                   read_timeout=timeout, write_timeout=timeout)
+        except pymysql.err.MySQLError as exc:
+            if _code(exc) in UNREACHABLE:
+                raise StoreUnreachable(f"cannot connect: {exc}") from exc
+            raise StoreMisconfigured(f"MySQL refused us: {exc}") from exc
+        except OSError as exc:
+            raise StoreUnreachable(f"cannot connect: {exc}") from exc
+        try:
             with conn.cursor() as cur:
+                cluster = self._check_ready(cur)
                 # Strict: a value that does not fit is an error (PERMANENT), not truncated.
                 cur.execute("SET SESSION sql_mode = 'STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION'")
                 if not self.schema_ready:
@@ -123,17 +216,56 @@ class MySQLBackend(Backend):
                 self.max_packet = int(cur.fetchone()[0])
                 self.text_type = self._text_type(cur)
             conn.commit()
-        except pymysql.err.MySQLError as exc:
-            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
-            if code in UNREACHABLE:
-                raise StoreUnreachable(f"cannot connect to MySQL: {exc}") from exc
-            raise StoreMisconfigured(f"MySQL refused us: {exc}") from exc
-        except OSError as exc:
-            raise StoreUnreachable(f"cannot connect to MySQL: {exc}") from exc
-        self.conn = conn
-        self.statements = mysql_protocol.PreparedStatements(conn, STATEMENT_CACHE)
-        self.schema_ready = True
-        self.last_used = time.monotonic()
+            return conn, cluster
+        except BaseException as exc:
+            try:
+                conn.close()
+            except Exception:  # already broken
+                pass
+            if isinstance(exc, pymysql.err.MySQLError):
+                if _code(exc) == NOT_READY:
+                    raise MemberDown(str(exc)) from exc
+                if _code(exc) in UNREACHABLE:
+                    raise StoreUnreachable(f"lost while connecting: {exc}") from exc
+                raise StoreMisconfigured(f"MySQL refused us: {exc}") from exc
+            if isinstance(exc, OSError):
+                raise StoreUnreachable(f"lost while connecting: {exc}") from exc
+            raise
+
+    @staticmethod
+    def _check_ready(cur) -> bool:
+        """MemberDown unless the member may take writes: on a Galera node (wsrep_on), only
+        when it is Synced in the primary component. True on a Galera node."""
+        try:
+            cur.execute("SELECT @@wsrep_on")
+        except pymysql.err.OperationalError as exc:
+            if _code(exc) == 1193:     # ER_UNKNOWN_SYSTEM_VARIABLE: MySQL, not MariaDB
+                return False
+            raise
+        if not int(cur.fetchone()[0] or 0):
+            return False
+        cur.execute("SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_ready', 'wsrep_local_state_comment')")
+        status = dict(cur.fetchall())
+        if status.get("wsrep_ready") != "ON" or status.get("wsrep_local_state_comment") != "Synced":
+            raise MemberDown(f"wsrep_ready={status.get('wsrep_ready')} "
+                             f"state={status.get('wsrep_local_state_comment')}")
+        return True
+
+    def probe(self, member: Member) -> bool:
+        """Is ``member`` up and ready? (MemberSet asks, to know when to return to it.)"""
+        try:
+            conn = pymysql.connect(**self.params, **member.connect_args(), connect_timeout=2,
+                                   read_timeout=2, write_timeout=2)
+        except (pymysql.err.MySQLError, OSError):
+            return False
+        try:
+            with conn.cursor() as cur:
+                self._check_ready(cur)
+            return True
+        except (MemberDown, pymysql.err.MySQLError, OSError):
+            return False
+        finally:
+            conn.close()
 
     @staticmethod
     def _text_type(cur) -> bytes:
@@ -148,7 +280,7 @@ class MySQLBackend(Backend):
         return mysql_protocol.BLOB_TYPE if all_utf8mb4 else mysql_protocol.STRING_TYPE
 
     def row_limit(self) -> int:
-        return self.max_packet - PACKET_SLACK
+        return min(self.max_packet - PACKET_SLACK, self.batch_max_bytes)
 
     def close(self) -> None:
         if self.conn is not None:
@@ -158,8 +290,56 @@ class MySQLBackend(Backend):
                 pass
             self.conn = None
             self.statements = None
+        self.member = None
 
     def write(self, batch: list[Pending]) -> list[Verdict]:
+        """Each run of at most batch_max_bytes is one transaction (parts_by_bytes): a
+        cluster replicates a transaction as one write-set, which has a size limit."""
+        self._fail_back_if_due()
+        verdicts = [Verdict.STORED] * len(batch)
+        for number, part in enumerate(parts_by_bytes(batch, self.batch_max_bytes)):
+            try:
+                part_verdicts = self._write_retrying([batch[i] for i in part])
+            except TransientError:
+                if number == 0:
+                    raise
+                # The parts before this one are committed: they keep their 250.
+                log.error("store write failed, %d of %d messages get 451", len(batch) - part[0], len(batch))
+                self.close()
+                for index in range(part[0], len(batch)):
+                    verdicts[index] = Verdict.TRANSIENT
+                return verdicts
+            for index, verdict in zip(part, part_verdicts):
+                verdicts[index] = verdict
+        self.last_used = time.monotonic()
+        return verdicts
+
+    def _write_retrying(self, batch: list[Pending]) -> list[Verdict]:
+        """Write one transaction; again after a conflict (rolled back), or on the next
+        member when the one in use went away before the COMMIT was sent, while every
+        message of the batch has time for one more try. A COMMIT that was sent is never
+        written again: its outcome is looked up (_was_committed)."""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return self._write_once(batch)
+            except MemberDown as exc:
+                retry = exc
+                if self.member is not None:
+                    self.members.failed(self.member, exc)
+                self.close()
+            except pymysql.err.MySQLError as exc:
+                if _code(exc) not in CONFLICT:
+                    raise TransientError(str(exc)) from exc
+                retry = exc
+                metrics.M.store_conflicts.inc()
+                self._rollback()
+            deadline = min(p.deadline for p in batch)
+            if attempt == ATTEMPTS or deadline - time.monotonic() < self.timeout:
+                raise TransientError(f"{retry} (after {attempt} tries)") from retry
+            log.warning("writing %d messages again (try %d): %s", len(batch), attempt + 1, retry)
+        raise AssertionError("unreachable")
+
+    def _write_once(self, batch: list[Pending]) -> list[Verdict]:
         verdicts = [Verdict.STORED] * len(batch)
         if self.conn is None:
             self.connect()
@@ -179,6 +359,9 @@ class MySQLBackend(Backend):
                 self._insert_one_by_one(batch, verdicts)
                 self._commit()
         except (pymysql.err.MySQLError, OSError) as exc:
+            code = _code(exc)
+            if code in CONFLICT:
+                raise                   # rolled back: _write_retrying writes it again
             if self.committing:
                 committed = self._was_committed(batch, verdicts)
                 if committed:
@@ -189,9 +372,30 @@ class MySQLBackend(Backend):
                     # retry; if the COMMIT did happen, its retry stores the message again.
                     log.warning("COMMIT outcome unknown, answering 451 (a retry may store a "
                                 "duplicate): %s in_doubt=%s", exc, ",".join(_first_hashes(batch, verdicts)))
+                # Known not committed: still 451, not written again here. Were the COMMIT
+                # only slow, not lost, its rows could yet appear and meet a second write.
+                raise TransientError(str(exc)) from exc
+            if code in UNREACHABLE or code == NOT_READY or isinstance(exc, OSError):
+                raise MemberDown(str(exc)) from exc
             raise TransientError(str(exc)) from exc
-        self.last_used = time.monotonic()
         return verdicts
+
+    def _rollback(self) -> None:
+        try:
+            self.conn.rollback()
+        except (pymysql.err.MySQLError, OSError, AttributeError):
+            self.close()
+
+    def _fail_back_if_due(self) -> None:
+        """Between batches: return to a preferred member once it has been ready for a while."""
+        self.members.probe_if_due(self.probe)
+        target = self.members.fail_back_target()
+        if target is not None and self.conn is not None:
+            log.info("returning to the preferred database member %s", self.members.members[target])
+            try:
+                self.connect()
+            except TransientError as exc:
+                log.warning("cannot return to a preferred member: %s", exc)
 
     def _store(self, statements: list[list[Row]]) -> None:
         """Insert and commit. One statement is committed by itself (autocommit): its OK
@@ -215,13 +419,24 @@ class MySQLBackend(Backend):
         """The connection broke after COMMIT was sent: did it happen? One quick look on a
         fresh connection turns a would-be 451 (and a duplicate when the client retries)
         into the 250 it deserves. None when the database cannot be asked (it is going
-        down): the sessions get 451 and the COMMIT may or may not have happened."""
+        down): the sessions get 451 and the COMMIT may or may not have happened.
+
+        On a cluster the look is on another member when one is ready (the one in use is
+        marked failed, so it comes last), and only after that member has applied every
+        write-set ordered before the question (wsrep_sync_wait = 1): a plain read there
+        could miss a COMMIT that did happen, and its messages would get 451, stored and
+        not named in doubt."""
         hashes = _first_hashes(batch, verdicts)
         if not hashes:
             return False
+        if self.member is not None:
+            self.members.failed(self.member, "the answer to a COMMIT was lost")
+        left = min(p.deadline for p in batch) - time.monotonic() - DEADLINE_MARGIN
         try:
-            self.connect(timeout=1)
+            self.connect(timeout=max(IN_DOUBT_TIMEOUT, left))
             with self.conn.cursor() as cur:
+                if self.cluster:
+                    cur.execute("SET SESSION wsrep_sync_wait = 1")
                 cur.execute("SELECT COUNT(*) FROM new_mail WHERE hash IN %s", (hashes,))
                 found = cur.fetchone()[0]
             self.conn.commit()
@@ -296,4 +511,6 @@ class MySQLBackend(Backend):
             if row.size > limit:
                 raise RowRefused(Verdict.TOO_BIG, f"row of {row.size} bytes > max_allowed_packet")
             rows.append(row)
+        if sum(row.size for row in rows) > self.batch_max_bytes:
+            raise RowRefused(Verdict.TOO_BIG, f"message rows > batch_max_bytes ({self.batch_max_bytes})")
         return rows

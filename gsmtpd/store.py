@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import gevent
 from gevent.event import AsyncResult
@@ -94,10 +94,11 @@ class Backend:
         return None
 
 
-def open_backend(url: str, save_timeout: float) -> Backend:
+def open_backend(url: str, save_timeout: float, **mysql_options) -> Backend:
     """The backend for a store URL. Each database call may block for half the save timeout:
     the writer only takes a message that has at least that long left (Store._next_batch),
-    so a session has its verdict within save_timeout even when the database stalls."""
+    so a session has its verdict within save_timeout even when the database stalls.
+    ``mysql_options``: MySQLBackend's batch_max_bytes and fail_back_after."""
     timeout = save_timeout / 2
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
@@ -106,17 +107,9 @@ def open_backend(url: str, save_timeout: float) -> Backend:
         path = unquote(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else unquote(parts.path)
         return SQLiteBackend(path or "gsmtpd.db", timeout)
     if parts.scheme == "mysql":
+        from .members import parse_mysql_url
         from .mysql_store import MySQLBackend
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        return MySQLBackend(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 3306,
-            user=unquote(parts.username or "root"),
-            password=unquote(parts.password or ""),
-            database=unquote(parts.path.lstrip("/")) or "gsmtpd",
-            unix_socket=query.get("unix_socket"),
-            timeout=timeout,
-        )
+        return MySQLBackend(address=parse_mysql_url(url), timeout=timeout, **mysql_options)
     raise ValueError(f"unknown store {url!r}")
 
 

@@ -62,7 +62,9 @@ class Worker:
         bad schema) or whatever else stops this process from serving."""
         config = self.config
         metrics.enable()
-        self.store = Store(open_backend(config.store, config.save_timeout), batch_max=config.batch_max,
+        backend = open_backend(config.store, config.save_timeout, batch_max_bytes=config.batch_max_bytes,
+                               fail_back_after=config.fail_back_after)
+        self.store = Store(backend, batch_max=config.batch_max,
                            queue_max=config.queue_max, save_timeout=config.save_timeout)
         self.store.start()
         self.server = Server(config, self.store, self.bound)

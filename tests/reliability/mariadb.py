@@ -50,7 +50,11 @@ def reserve_port() -> socket.socket:
 
 
 class ThrowawayMariaDB:
-    def __init__(self, base: str | Path | None = None, extra_args: tuple[str, ...] = ()):
+    # The system user mariadbd runs as when started by root (tests/galera.py wants "mysql").
+    user = "root"
+
+    def __init__(self, base: str | Path | None = None, port: int | None = None,
+                 extra_args: tuple[str, ...] = ()):
         self.own_base = base is None
         # A Unix socket path must stay under ~108 bytes: keep the directory short.
         self.base = Path(base) if base is not None else Path(tempfile.mkdtemp(prefix="gsmtpd-mdb-"))
@@ -58,8 +62,10 @@ class ThrowawayMariaDB:
         self.socket = self.base / "mysqld.sock"
         self.pid_file = self.base / "mysqld.pid"
         self.error_log = self.base / "error.log"
-        self.reservation = reserve_port()
-        self.port = self.reservation.getsockname()[1]
+        # A caller that brings its own port (tests/galera.py picks and retries its four
+        # ports together) holds it itself; otherwise the port is held here for life.
+        self.reservation = reserve_port() if port is None else None
+        self.port = port or self.reservation.getsockname()[1]
         self.extra_args = tuple(extra_args)
         self.proc: subprocess.Popen | None = None
 
@@ -70,7 +76,7 @@ class ThrowawayMariaDB:
         args = [INSTALL_DB, "--no-defaults", f"--datadir={self.datadir}",
                 "--auth-root-authentication-method=normal", "--skip-test-db"]
         if os.geteuid() == 0:
-            args.append("--user=root")
+            args.append(f"--user={self.user}")
         result = subprocess.run(args, capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
             raise RuntimeError(f"mariadb-install-db failed ({result.returncode}): {result.stderr[-2000:]}")
@@ -87,7 +93,7 @@ class ThrowawayMariaDB:
                 "--innodb-buffer-pool-size=64M", "--innodb-log-file-size=48M",
                 "--max-connections=200", *self.extra_args]
         if os.geteuid() == 0:
-            args.append("--user=root")
+            args.append(f"--user={self.user}")
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -120,7 +126,8 @@ class ThrowawayMariaDB:
 
     def close(self) -> None:
         self.kill()
-        self.reservation.close()
+        if self.reservation is not None:
+            self.reservation.close()
         if self.own_base:
             shutil.rmtree(self.base, ignore_errors=True)
 
