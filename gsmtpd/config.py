@@ -180,6 +180,21 @@ def _fqdn() -> str:
     return socket.getfqdn() or "localhost"
 
 
+def machine_memory() -> int:
+    """Bytes of physical memory (0 when the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 0
+
+
+def default_memory_budget(workers: int) -> int:
+    """A quarter of the machine's memory for mail in flight, shared by the workers: the
+    database (often on the same machine), the page cache and the workers' own ~50 MB each
+    need the rest. Never under 64 MiB, the room for three 10 MiB messages (budget.py)."""
+    return max(64 * MiB, machine_memory() // 4 // max(1, workers))
+
+
 # A default of a callable is computed when the config is loaded (the hostname is the machine's).
 SETTINGS: list[Setting] = [
     Setting("port", port_number, 25, "TCP port to listen on (0: any free port, logged at start)", ("-p",)),
@@ -210,6 +225,11 @@ SETTINGS: list[Setting] = [
             "seconds a message may wait for its commit; then 451 4.3.0", metavar="SECONDS"),
     Setting("batch_max", at_least(1, as_int), 200,
             "most messages written in one INSERT/COMMIT (group commit)", metavar="N"),
+    # --- memory (budget.py): every byte of mail a worker holds counts against its budget
+    Setting("memory_budget", at_least(0, as_int), 0,
+            "bytes of mail one worker may hold at once (DATA being read, messages waiting for "
+            "and being written); beyond it 452 4.3.1. 0: a quarter of the machine's memory "
+            "over the workers, at least 64 MiB", metavar="BYTES"),
     Setting("queue_max", at_least(1, as_int), 2000,
             "messages waiting for the writer before sessions wait for room", metavar="N"),
     Setting("prefer", one_of("html", "plain"), "html",
@@ -359,6 +379,8 @@ def load(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
         values["allowed_hosts"] = [values.get("hostname") or "localhost"]
     if not values.get("workers"):
         values["workers"] = os.cpu_count() or 1
+    if not values.get("memory_budget") and values.get("workers"):
+        values["memory_budget"] = default_memory_budget(values["workers"])
     problems.extend(_check_consistency(values))
     if problems:
         raise ConfigError(problems)

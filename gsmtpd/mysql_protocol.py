@@ -28,7 +28,7 @@ import pymysql
 from pymysql.constants import CLIENT, COMMAND, CR
 from pymysql.protocol import OKPacketWrapper
 
-from .store import Blob
+from .store import Blob, Utf8Text
 
 # Field types of the "parameter types" of COM_STMT_EXECUTE (enum_field_types in mysql_com.h;
 # https://mariadb.com/kb/en/result-set-packets/#field-types). The server converts a string
@@ -127,6 +127,8 @@ def encode_value(value: object) -> tuple[bytes, tuple[bytes, ...] | None]:
     """(parameter type, value pieces); None for NULL, which is a bit of the NULL bitmap."""
     if isinstance(value, str):
         return STRING_TYPE, _string_value(value.encode("utf-8", "replace"))
+    if isinstance(value, Utf8Text):
+        return STRING_TYPE, _blob_value(value)
     if isinstance(value, Blob):
         return BLOB_TYPE, _blob_value(value)
     if isinstance(value, bytes):
@@ -158,6 +160,7 @@ _ENCODERS = {
     float: lambda value: (DOUBLE_TYPE, (struct.pack("<d", value),)),
     datetime.datetime: lambda value: (DATETIME_TYPE, (_datetime_value(value),)),
     Blob: lambda value: (BLOB_TYPE, _blob_value(value)),
+    Utf8Text: lambda value: (STRING_TYPE, _blob_value(value)),    # declared as text_type
 }
 
 

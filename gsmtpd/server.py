@@ -29,6 +29,7 @@ from .config import ListenerSpec, listeners
 from .limits import SharedAddressCounts
 from .runners import Runners
 from .session import Session, shutting_down
+from .budget import Budget
 from .store import Store
 
 log = logging.getLogger("gsmtpd.server")
@@ -104,6 +105,7 @@ class Server:
         self.accepting = False
         self.watchdog = None         # a repeating libev timer while serving
         self.runners = Runners(self.handle)
+        self.budget = Budget(config.memory_budget)   # bytes of mail this worker may hold
         self.apply(config)
 
     def apply(self, config) -> None:
@@ -113,6 +115,7 @@ class Server:
         self.allowed_hosts = AllowedHosts(config.allowed_hosts)
         self.tls = tls_context(config)
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in config.trusted_networks]
+        self.budget.resize(config.memory_budget)
         if self.watchdog is not None:
             self._start_watchdog()
 

@@ -19,7 +19,7 @@ from . import metrics
 from . import replies as R
 from .address import parse_helo, parse_path
 from .config import ListenerSpec
-from .envelope import Envelope, Recipient, build_rows, new_queue_id
+from .envelope import Envelope, Recipient, build_rows, held_bytes, new_queue_id
 from .store import Verdict
 from .proxy import ProxyError, read_header
 from .wire import ConnectionClosed, Expired, LineTooLong, Wire
@@ -338,7 +338,7 @@ class Session:
             # RFC 1870 section 3: size-value ::= 1*20DIGIT, ASCII digits only.
             if value is None or not (value.isascii() and value.isdigit()):
                 return R.SYNTAX_ERROR
-            return R.TOO_BIG if int(value) > self.config.max_size else None
+            return self.server.budget.check_size(int(value), self.config.max_size)
         if key == "BODY":
             # RFC 6152: 8BITMIME is taken and stored as it comes; nothing to convert.
             if value is None or not value.isascii() or value.upper() not in ("7BIT", "8BITMIME"):
@@ -391,13 +391,24 @@ class Session:
             return
         envelope, self.envelope = self.envelope, None
         self.reply(R.START_DATA)
-        # RFC 5321 4.5.3.2.5-6: a deadline for each read and one for the whole DATA phase.
-        keep = self.server.store.largest_message(self.config.max_size)
-        try:
-            data = self.wire.read_data(keep, self.config.data_timeout, self.config.bare_lf)
-        except (socket.timeout, Expired):
-            raise Hangup(R.DATA_TIMEOUT, discard_queued=True) from None
-        if data.message is None:
+        keep = min(self.server.store.largest_message(self.config.max_size), self.server.budget.largest_message())
+        # The message's bytes count against the worker's budget until its reply, on every path.
+        with self.server.budget.hold() as held:
+            # RFC 5321 4.5.3.2.5-6: a deadline for each read and one for the whole DATA phase.
+            try:
+                data = self.wire.read_data(keep, self.config.data_timeout, self.config.bare_lf, held.room)
+            except (socket.timeout, Expired):
+                raise Hangup(R.DATA_TIMEOUT, discard_queued=True) from None
+            reply = self.data_reply(envelope, data, keep, held)
+        metrics.M.message(reply.code, data.size, len(envelope.recipients))
+        self.reply(reply)
+
+    def data_reply(self, envelope: Envelope, data, keep: int, held) -> R.Reply:
+        """The reply after the final dot; ``held`` is the message's budget.Reservation."""
+        if held.refused and data.size <= keep:
+            reply = R.INSUFFICIENT_STORAGE
+            log.info("refused ip=%s from=<%s> size=%d reply=%s", self.ip, envelope.sender, data.size, reply.text)
+        elif data.message is None:
             # RFC 1870 6.1: over the advertised SIZE; or within it but more than the
             # database takes in one row (max_allowed_packet).
             reply = R.TOO_BIG if data.size > self.config.max_size else R.TOO_BIG_TO_STORE
@@ -406,18 +417,22 @@ class Session:
             log.info("refused ip=%s from=<%s> size=%d reply=550 bare LF", self.ip, envelope.sender, data.size)
             reply = R.BARE_LF
         else:
-            reply = self.deliver(envelope, data.message, data.crlf_only)
-        metrics.M.message(reply.code, data.size, len(envelope.recipients))
-        self.reply(reply)
+            reply = self.deliver(envelope, data.message, data.crlf_only, held)
+        return reply
 
-    def deliver(self, envelope: Envelope, message: bytes, crlf_only: bool = False) -> R.Reply:
+    def deliver(self, envelope: Envelope, message: bytes, crlf_only: bool = False, held=None) -> R.Reply:
         queue_id = new_queue_id()
         now = time.time()
         rows = build_rows(envelope, message, queue_id=queue_id, now=now, ip=self.ip,
                           helo=self.helo or "", hostname=self.config.hostname,
                           is_tls=self.is_tls, prefer=self.config.prefer, crlf_only=crlf_only)
-        verdict = self.server.store.save(rows)
-        reply = R.queued(queue_id) if verdict is Verdict.STORED else VERDICT_REPLIES[verdict]
+        if held is not None and not held.settle(held_bytes(rows)):
+            # Its decoded body came out longer than budgeted, and there is no room for it.
+            self.server.budget.refused()
+            verdict, reply = None, R.INSUFFICIENT_STORAGE
+        else:
+            verdict = self.server.store.save(rows)
+            reply = R.queued(queue_id) if verdict is Verdict.STORED else VERDICT_REPLIES[verdict]
         if verdict is Verdict.STORED:
             self.messages += 1
         log.info("message id=%s ip=%s from=<%s> to=%s size=%d reply=%s", queue_id, self.ip,

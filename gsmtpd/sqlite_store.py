@@ -11,7 +11,7 @@ import sqlite3
 
 from gevent import get_hub
 
-from .store import COLUMNS, Backend, Blob, Pending, StoreMisconfigured, TransientError, Verdict
+from .store import COLUMNS, Backend, Blob, Pending, Utf8Text, StoreMisconfigured, TransientError, Verdict
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS new_mail (
@@ -40,8 +40,10 @@ CREATE INDEX IF NOT EXISTS new_mail_date ON new_mail (date);
 """
 
 def plain(row: tuple) -> tuple:
-    """sqlite3 binds bytes, not our parts: join a Blob here, in the writer's thread."""
-    return tuple(value.join() if isinstance(value, Blob) else value for value in row)
+    """sqlite3 binds bytes and str, not our parts: join a Blob (decode a Utf8Text) here,
+    in the writer's thread."""
+    return tuple(value if not isinstance(value, Blob) else value.text() if isinstance(value, Utf8Text)
+                 else value.join() for value in row)
 
 
 _FAILED = object()

@@ -41,6 +41,21 @@ class Blob(tuple):
         return b"".join(self)
 
 
+class Utf8Text(Blob):
+    """A text column's value already encoded as UTF-8, as parts: the body of a message,
+    encoded once when its rows are built (and its str dropped), so that no writer holds
+    the text twice (str and bytes) or encodes it again for every recipient."""
+
+    def text(self) -> str:
+        return str(self.join(), "utf-8")
+
+
+# The columns that differ between the rows of one message (one row per recipient); the
+# others are the message's and are the same in all of its rows.
+PER_RECIPIENT = ("to", "hash", "recipient")
+MAIL, BODY = COLUMNS.index("mail"), COLUMNS.index("body")
+
+
 class Verdict(Enum):
     STORED = "stored"            # committed: 250
     TRANSIENT = "transient"      # not stored, try again: 451 4.3.0

@@ -1,0 +1,147 @@
+"""The byte budget of one worker: how much mail it may hold at once.
+
+Every byte of mail a worker holds for a session is counted against ``--memory-budget``:
+the DATA being read, the message and its decoded body while they wait for the writer and
+while their statement is sent. A session holds a ``Reservation`` for the message it is
+receiving; it grows in steps as the data arrives, so a 4 KB message needs only a small one,
+and it is released when the session has its reply, on every path (a ``with`` block:
+250, 451, 5xx, disconnect, timeout, kill).
+
+Nobody ever waits for budget: a reservation that cannot grow is refused at once, and the
+session answers ``452 4.3.1`` (RFC 3463 4.3.1: mail system full), so the sender retries
+later and no session stalls behind another's big message. Big messages may only use the
+budget up to ``limit - headroom``: the last eighth is kept for small ones, which go on
+flowing while big ones fill the rest.
+
+What a message costs (``cost``): its raw bytes plus its decoded body, which is at most
+about as long for text and shorter for base64 attachments. The writer adds no copies of
+either (the statement is sent from the same buffers), so that is what a message holds from
+its last byte to its verdict. The copies made while a message is unstuffed and parsed live
+only inside one synchronous step of one greenlet, so a worker holds those of one message
+at a time: at most ~3 x max_size more than the budget, whatever the concurrency
+(README: "Memory").
+"""
+from __future__ import annotations
+
+from . import metrics
+from . import replies as R
+
+# A message's raw bytes plus its decoded body (at most about as long).
+COPIES = 2
+# A reservation grows by at least this much (one read of the wire, wire.RECV_SIZE) or by
+# an eighth of what it holds, so a message of S bytes asks the budget about log(S) times,
+# not once per read, and holds at most an eighth more than it needs.
+STEP = 64 * 1024
+# A reservation up to this size is "small": it may use the headroom kept for small mail.
+SMALL = 1024 * 1024
+
+
+def cost(size: int) -> int:
+    """Budget bytes for a message of ``size`` bytes."""
+    return COPIES * size
+
+
+class Budget:
+    def __init__(self, limit: int):
+        self.used = 0
+        self.refusals = 0
+        self.live: set[Reservation] = set()
+        self.largest = 0             # bytes of the largest message in flight (a metric)
+        self.resize(limit)
+
+    def resize(self, limit: int) -> None:
+        """A new limit (a reload); what is held stays held."""
+        self.limit = limit
+        self.headroom = limit // 8
+
+    def largest_message(self) -> int:
+        """The largest message that could ever fit: bigger ones are refused for good (552)."""
+        return (self.limit - self.headroom) // COPIES
+
+    def check_size(self, size: int, max_size: int) -> R.Reply | None:
+        """MAIL FROM ... SIZE=size (RFC 1870 6.1): the reply refusing it, or None. Over the
+        advertised limit, or more than this budget could ever hold: 552 for good; more than
+        it has free now: 452 4.3.1, try later. Nothing is held yet: an idle session must
+        not keep budget from the ones sending."""
+        if size > max_size:
+            return R.TOO_BIG
+        if size > self.largest_message():
+            return R.TOO_BIG_TO_STORE
+        if not self._fits(0, max(cost(size), STEP)):
+            self.refused()
+            return R.INSUFFICIENT_STORAGE
+        return None
+
+    def hold(self) -> "Reservation":
+        return Reservation(self)
+
+    def _fits(self, held: int, wanted: int) -> bool:
+        ceiling = self.limit if wanted <= SMALL else self.limit - self.headroom
+        return self.used - held + wanted <= ceiling
+
+    def refused(self) -> None:
+        self.refusals += 1
+        metrics.M.budget_refusals.inc()
+
+    def _changed(self) -> None:
+        metrics.M.budget_used.set(self.used)
+
+
+class Reservation:
+    """The budget held for one message; a context manager that releases it on every path."""
+
+    __slots__ = ("budget", "held", "size", "refused")
+
+    def __init__(self, budget: Budget):
+        self.budget = budget
+        self.held = 0
+        self.size = 0            # message bytes covered so far
+        self.refused = False     # the budget could not grow: the answer is 452 4.3.1
+
+    def __enter__(self) -> "Reservation":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def room(self, size: int) -> int:
+        """Cover a message of ``size`` bytes so far. Returns how many bytes the message may
+        reach before asking again, or 0 when the budget cannot take it now (refused)."""
+        if self.refused:
+            return 0
+        if size <= self.size:
+            return self.size
+        wanted = cost(size)
+        wanted = max(wanted, self.held + max(STEP, self.held // 8))
+        if not self.settle(wanted):
+            self.refused = True
+            self.budget.refused()
+            return 0
+        self.size = wanted // COPIES
+        return self.size
+
+    def settle(self, wanted: int) -> bool:
+        """Hold exactly ``wanted`` bytes (more or fewer than now); False when more do not fit."""
+        budget = self.budget
+        if wanted > self.held and not budget._fits(self.held, wanted):
+            return False
+        budget.used += wanted - self.held
+        self.held = wanted
+        budget.live.add(self)
+        if wanted > budget.largest:
+            budget.largest = wanted
+            metrics.M.largest_message.set(wanted // COPIES)
+        budget._changed()
+        return True
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        budget = self.budget
+        budget.used -= self.held
+        budget.live.discard(self)
+        if self.held >= budget.largest:
+            budget.largest = max((r.held for r in budget.live), default=0)
+            metrics.M.largest_message.set(budget.largest // COPIES)
+        self.held = self.size = 0
+        budget._changed()
