@@ -22,8 +22,8 @@ import pymysql
 
 from . import mysql_protocol
 from .mysql_protocol import Row
-from .store import (COLUMNS, Backend, Pending, RowRefused, StoreMisconfigured, StoreUnreachable,
-                    TransientError, Verdict)
+from .store import (COLUMNS, MAIL, PER_RECIPIENT, Backend, Blob, Pending, RowRefused, StoreMisconfigured,
+                    StoreUnreachable, TransientError, Verdict)
 
 log = logging.getLogger("gsmtpd.store.mysql")
 
@@ -32,6 +32,34 @@ HASH = COLUMNS.index("hash")
 NOT_TEXT = {"date", "mail", "spam_score", "is_tls", "size", "has_attach"}
 INSERT_PREFIX = "INSERT INTO `new_mail` (" + ",".join(f"`{c}`" for c in COLUMNS) + ") VALUES "
 ROW_PLACEHOLDERS = "(" + ",".join("?" * len(COLUMNS)) + ")"
+# A message to N recipients crosses the wire once: its first row is inserted, and the
+# further recipients' rows are copied from it by the server, each with its own `to`,
+# `hash` and `recipient`, in the same transaction (users read every row's `mail`, so each
+# row keeps the whole message). One statement copies the rows of a whole batch: a derived
+# table of (source hash, to, hash, recipient), joined to the rows inserted just before.
+# Messages under COPY_FROM bytes are sent row by row, as before: copying needs the batch
+# in a transaction, two round trips (BEGIN, COMMIT) that cost more than resending 4 KB.
+COPY_FROM = 64 * 1024
+
+
+@functools.lru_cache(maxsize=None)
+def copy_sql(rows: int) -> bytes:
+    """The INSERT ... SELECT of ``rows`` copied rows; parameters: source hash, then the
+    PER_RECIPIENT columns, per row."""
+    select = ",".join(f"r.`{c}`" if c in PER_RECIPIENT else f"m.`{c}`" for c in COLUMNS)
+    first = "SELECT ? AS `source`," + ",".join(f"? AS `{c}`" for c in PER_RECIPIENT)
+    more = " UNION ALL SELECT " + ",".join("?" * (1 + len(PER_RECIPIENT)))
+    return ("INSERT INTO `new_mail` (" + ",".join(f"`{c}`" for c in COLUMNS) + ") SELECT " + select
+            + " FROM (" + first + more * (rows - 1) + ") AS r JOIN `new_mail` AS m ON m.`hash` = r.`source`"
+            ).encode()
+
+
+COPIED = [COLUMNS.index(c) for c in PER_RECIPIENT]
+# A text or blob value this long (or a quarter of max_allowed_packet, when that is less)
+# goes ahead of its INSERT with COM_STMT_SEND_LONG_DATA: then each value must fit in a
+# packet, not its whole row, so a 9 MiB message with its 9 MiB body fits in MariaDB's
+# default 16 MiB. Shorter values stay in the INSERT, as before (W4's 1 MiB mail).
+LONG_VALUE = 4 << 20
 # Room for the COM_STMT_EXECUTE header and the packet headers inside max_allowed_packet,
 # which bounds a command's whole payload, however many 16 MiB packets carry it
 # (https://mariadb.com/kb/en/0-packet/#packet-splitting).
@@ -45,7 +73,7 @@ PACKET_SLACK = 4096
 # its 2048 * 18 placeholders under a statement's limit of 65535.
 EXACT_ROWS = 32
 MAX_ROWS_PER_STATEMENT = 2048
-STATEMENT_CACHE = 40
+STATEMENT_CACHE = 80          # 38 INSERTs and 38 copies (copy_sql) at most
 
 # MySQL errors that say "this data will never fit": the row is refused, the batch goes on.
 PERMANENT = (pymysql.err.DataError, pymysql.err.IntegrityError)
@@ -81,6 +109,10 @@ def _split(run: list[Row]) -> list[list[Row]]:
         statements.append(run[start:start + count])
         start += count
     return statements
+
+
+def value_size(value) -> int:
+    return sum(map(len, value)) if isinstance(value, Blob) else len(value)
 
 
 def _first_hashes(batch: list[Pending], verdicts: list[Verdict]) -> list[str]:
@@ -193,16 +225,18 @@ class MySQLBackend(Backend):
         self.last_used = time.monotonic()
         return verdicts
 
-    def _store(self, statements: list[list[Row]]) -> None:
+    def _store(self, statements: tuple[list[list[Row]], list[Row]]) -> None:
         """Insert and commit. One statement is committed by itself (autocommit): its OK
-        packet, one round trip after it was sent, says the rows are stored. Several run in
-        a transaction, so that a batch is never half stored."""
-        if len(statements) == 1:
-            prepared = self.statements.get(insert_sql(len(statements[0])))
+        packet, one round trip after it was sent, says the rows are stored. Several, or
+        rows copied for further recipients, run in a transaction, so that a batch is never
+        half stored."""
+        inserts, copies = statements
+        if len(inserts) == 1 and not copies:
+            prepared = self.statements.get(insert_sql(len(inserts[0])))
             self.committing = True
-            mysql_protocol.execute(self.conn, prepared, statements[0])
+            mysql_protocol.execute(self.conn, prepared, inserts[0])
             return
-        if statements:
+        if inserts:
             self.conn.begin()
             self._execute(statements)
             self._commit()
@@ -239,36 +273,47 @@ class MySQLBackend(Backend):
             log.info("idle MySQL connection was closed by the server; reconnecting")
             self.connect()
 
-    def _statements(self, batch: list[Pending], verdicts: list[Verdict]) -> list[list[Row]]:
-        """The rows of the batch's messages, grouped as the statements that insert them:
-        runs that each fit in one COM_STMT_EXECUTE (under max_allowed_packet), each cut in
-        the sizes of statement_sizes. A message too big for any is refused alone (its
-        verdict is set here), before anything is sent."""
+    def _statements(self, batch: list[Pending], verdicts: list[Verdict]) -> tuple[list[list[Row]], list[Row]]:
+        """The rows of the batch's messages (of a message of COPY_FROM bytes or more to
+        several recipients, its first row only), grouped as the statements that insert
+        them: runs of at most max_allowed_packet bytes (a row with long values may be a run
+        of its own above it), each cut in the sizes of statement_sizes; and the copy_sql
+        parameters of the other rows of those messages, to run after them. A message too big
+        for any statement is refused alone (its verdict is set here), before anything is
+        sent."""
         limit = self.row_limit()
         statements: list[list[Row]] = []
+        copies: list[Row] = []
         run: list[Row] = []
         run_size = 0
         for index, pending in enumerate(batch):
             if verdicts[index] is not Verdict.STORED:
                 continue
+            copied = len(pending.rows) > 1 and value_size(pending.rows[0][MAIL]) >= COPY_FROM
             try:
-                rows = self._rows(pending, limit)
+                rows = self._rows(pending.rows[:1] if copied else pending.rows, limit)
             except RowRefused as refused:
                 verdicts[index] = refused.verdict
                 continue
             for row in rows:
-                if run and (run_size + row.size > limit or len(run) == MAX_ROWS_PER_STATEMENT):
+                if run and (run_size + row.size + row.long_size > limit or len(run) == MAX_ROWS_PER_STATEMENT):
                     statements += _split(run)
                     run, run_size = [], 0
                 run.append(row)
-                run_size += row.size
+                run_size += row.size + row.long_size
+            if copied:
+                copies += self._copies(pending)
         if run:
             statements += _split(run)
-        return statements
+        return statements, copies
 
-    def _execute(self, statements: list[list[Row]]) -> None:
-        for rows in statements:
+    def _execute(self, statements: tuple[list[list[Row]], list[Row]]) -> None:
+        inserts, copies = statements
+        for rows in inserts:
             mysql_protocol.execute(self.conn, self.statements.get(insert_sql(len(rows))), rows)
+        for start in range(0, len(copies), MAX_ROWS_PER_STATEMENT):
+            for rows in _split(copies[start:start + MAX_ROWS_PER_STATEMENT]):
+                mysql_protocol.execute(self.conn, self.statements.get(copy_sql(len(rows))), rows)
 
     def _insert_one_by_one(self, batch: list[Pending], verdicts: list[Verdict]) -> None:
         """A savepoint per message: its rows may take more than one statement, and when a
@@ -286,14 +331,20 @@ class MySQLBackend(Backend):
                     cur.execute("ROLLBACK TO SAVEPOINT one_message")
                     verdicts[index] = Verdict.REFUSED
 
-    def _rows(self, pending: Pending, limit: int) -> list[Row]:
-        """The message's rows in wire form; the body and the raw mail, shared by every row
-        of a message, are encoded once."""
+    def _rows(self, rows: list[tuple], limit: int) -> list[Row]:
+        """Rows in wire form; a body shared by several rows is encoded once."""
+        long_from = min(LONG_VALUE, self.max_packet // 4)
         shared: dict[int, tuple] = {}
-        rows = []
-        for values in pending.rows:
-            row = mysql_protocol.encode_row(values, shared, self.text_type)
-            if row.size > limit:
-                raise RowRefused(Verdict.TOO_BIG, f"row of {row.size} bytes > max_allowed_packet")
-            rows.append(row)
-        return rows
+        encoded = []
+        for values in rows:
+            row = mysql_protocol.encode_row(values, shared, self.text_type, long_from)
+            if row.size > limit or any(value.size > limit for value in row.long):
+                raise RowRefused(Verdict.TOO_BIG, f"row of {row.size + row.long_size} bytes > max_allowed_packet")
+            encoded.append(row)
+        return encoded
+
+    def _copies(self, pending: Pending) -> list[Row]:
+        """copy_sql's parameters for each further recipient of the message."""
+        source = pending.rows[0][HASH]
+        return [mysql_protocol.encode_row([source] + [values[i] for i in COPIED], None, self.text_type)
+                for values in pending.rows[1:]]

@@ -11,7 +11,7 @@ import sqlite3
 
 from gevent import get_hub
 
-from .store import COLUMNS, Backend, Blob, Pending, Utf8Text, StoreMisconfigured, TransientError, Verdict
+from .store import COLUMNS, PER_RECIPIENT, Backend, Blob, Pending, Utf8Text, StoreMisconfigured, TransientError, Verdict
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS new_mail (
@@ -58,6 +58,19 @@ def _capture(func, *args):
 
 INSERT = "INSERT INTO new_mail (" + ",".join(f'"{c}"' for c in COLUMNS) + ") VALUES (" \
          + ",".join("?" * len(COLUMNS)) + ")"
+# A message to several recipients is bound once: its first row is inserted, and the
+# others are copied from it (as in mysql_store), each with its own PER_RECIPIENT columns.
+COPY = ("INSERT INTO new_mail (" + ",".join(f'"{c}"' for c in COLUMNS) + ") SELECT "
+        + ",".join("?" if c in PER_RECIPIENT else f'"{c}"' for c in COLUMNS) + " FROM new_mail WHERE hash = ?")
+COPIED = [COLUMNS.index(c) for c in PER_RECIPIENT]
+HASH = COLUMNS.index("hash")
+
+
+def insert(conn: sqlite3.Connection, rows: list[tuple]) -> None:
+    """One message's rows: the first whole, the others copied from it."""
+    conn.execute(INSERT, plain(rows[0]))
+    if len(rows) > 1:
+        conn.executemany(COPY, ([row[i] for i in COPIED] + [rows[0][HASH]] for row in rows[1:]))
 
 
 class SQLiteBackend(Backend):
@@ -111,14 +124,19 @@ class SQLiteBackend(Backend):
         conn = self.conn
         verdicts = [Verdict.STORED] * len(batch)
         try:
-            conn.executemany(INSERT, (plain(row) for pending in batch for row in pending.rows))
+            for pending in batch:
+                insert(conn, pending.rows)
         except sqlite3.IntegrityError:
             conn.rollback()
+            conn.execute("BEGIN")    # the savepoints nest in it: RELEASE does not commit
             for index, pending in enumerate(batch):
+                conn.execute("SAVEPOINT one_message")
                 try:
-                    conn.executemany(INSERT, map(plain, pending.rows))
+                    insert(conn, pending.rows)
                 except sqlite3.IntegrityError:
+                    conn.execute("ROLLBACK TO one_message")
                     verdicts[index] = Verdict.REFUSED
+                conn.execute("RELEASE one_message")
         except BaseException:
             conn.rollback()
             raise

@@ -164,11 +164,10 @@ def test_one_row_over_the_packet_limit_is_too_big_alone(backend, mysql_store):
     if backend.max_packet > 64 << 20:
         pytest.skip(f"max_allowed_packet is {backend.max_packet}: too big to exceed cheaply")
     limit = backend.row_limit()
-    # A row exactly at the limit still goes (the slack holds the statement's own header);
-    # one byte more and it is refused before anything is sent.
-    probe = mysql_protocol.encode_row(make_row(new_hash(), mail=b""))
-    fitting = b"F" * (limit - probe.size - 3)       # 3: the longer length prefix of a big value
-    assert mysql_protocol.encode_row(make_row(new_hash(), mail=fitting)).size == limit
+    # Long values go ahead of the INSERT (COM_STMT_SEND_LONG_DATA): each must fit in a
+    # packet, not the row. A mail of exactly the limit goes; one byte more and the row is
+    # refused before anything is sent.
+    fitting = b"F" * limit
     hashes = [new_hash() for _ in range(4)]
     verdicts = backend.write([pending(make_row(hashes[0])),
                               pending(make_row(hashes[1], mail=fitting)),
@@ -179,6 +178,20 @@ def test_one_row_over_the_packet_limit_is_too_big_alone(backend, mysql_store):
     assert stored.keys() == {hashes[0], hashes[1], hashes[3]}
     assert stored[hashes[1]] == len(fitting)
     assert backend.row_limit() == backend.max_packet - PACKET_SLACK
+
+
+def test_a_row_whose_mail_and_body_together_pass_the_packet_limit_is_stored(backend, mysql_store):
+    """A 9 MiB message with its 9 MiB body: 18 MiB of row in a 16 MiB max_allowed_packet.
+    Each value goes as long data on its own, so the row is stored whole."""
+    if backend.max_packet > 64 << 20:
+        pytest.skip(f"max_allowed_packet is {backend.max_packet}: too big to exceed cheaply")
+    size = backend.row_limit() * 3 // 4
+    raw = os.urandom(size)
+    body = "b" * size
+    row_hash = new_hash()
+    assert backend.write([pending(make_row(row_hash, mail=Blob((b"R\r\n", raw)), body=body))]) == [Verdict.STORED]
+    row = mysql_store.rows()[0]
+    assert (row["hash"], bytes(row["mail"]), row["body"]) == (row_hash, b"R\r\n" + raw, body)
 
 
 def test_rows_too_many_for_one_packet_go_as_several_statements(backend, mysql_store):
