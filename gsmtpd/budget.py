@@ -23,6 +23,9 @@ at a time: at most ~3 x max_size more than the budget, whatever the concurrency
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+
 from . import metrics
 from . import replies as R
 
@@ -34,6 +37,25 @@ COPIES = 2
 STEP = 64 * 1024
 # A reservation up to this size is "small": it may use the headroom kept for small mail.
 SMALL = 1024 * 1024
+
+
+# glibc's mallopt(M_MMAP_THRESHOLD): blocks this big or more get a mapping of their own.
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 1 << 20
+
+
+def return_freed_messages() -> None:
+    """Make a freed message leave RSS at once. glibc raises its mmap threshold to the size
+    of each mapped block freed (up to 32 MiB), so after the first 10 MiB message the next
+    ones' buffers come from the heap, where freed space stays in the process. A fixed
+    threshold keeps every block of 1 MiB or more in its own mapping, unmapped when freed,
+    so RSS follows what the budget counts. Measured: 20 x 9 MiB senders on a 64 MiB budget
+    (tests/test_memory.py) peaked at 118-131 MB without it, 114 MB with it (idle: 47 MB)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError, TypeError):   # not glibc: its allocator, its rules
+        pass
 
 
 def cost(size: int) -> int:
@@ -112,12 +134,13 @@ class Reservation:
         if size <= self.size:
             return self.size
         wanted = cost(size)
-        wanted = max(wanted, self.held + max(STEP, self.held // 8))
-        if not self.settle(wanted):
+        ahead = max(wanted, self.held + max(STEP, self.held // 8))
+        # Ahead of need when there is room (fewer calls), else just what is needed.
+        if not (self.settle(ahead) or self.settle(wanted)):
             self.refused = True
             self.budget.refused()
             return 0
-        self.size = wanted // COPIES
+        self.size = self.held // COPIES
         return self.size
 
     def settle(self, wanted: int) -> bool:

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import mime
-from .store import BODY, MAIL, Blob, Utf8Text
+from .store import BODY, MAIL, Blob, Utf8Text, value_size
 
 log = logging.getLogger("gsmtpd.session")
 
@@ -114,4 +114,4 @@ def build_rows(envelope: Envelope, raw: bytes, *, queue_id: str, now: float, ip:
 
 def held_bytes(rows: list[tuple]) -> int:
     """The bytes a message's rows hold (its mail and its body, shared by all of them)."""
-    return sum(map(len, rows[0][MAIL])) + sum(map(len, rows[0][BODY]))
+    return value_size(rows[0][MAIL]) + value_size(rows[0][BODY])

@@ -22,8 +22,8 @@ import pymysql
 
 from . import mysql_protocol
 from .mysql_protocol import Row
-from .store import (COLUMNS, MAIL, PER_RECIPIENT, Backend, Blob, Pending, RowRefused, StoreMisconfigured,
-                    StoreUnreachable, TransientError, Verdict)
+from .store import (BODY, COLUMNS, PER_RECIPIENT, Backend, Pending, RowRefused, StoreMisconfigured,
+                    StoreUnreachable, TransientError, Verdict, message_size, value_size)
 
 log = logging.getLogger("gsmtpd.store.mysql")
 
@@ -39,7 +39,12 @@ ROW_PLACEHOLDERS = "(" + ",".join("?" * len(COLUMNS)) + ")"
 # table of (source hash, to, hash, recipient), joined to the rows inserted just before.
 # Messages under COPY_FROM bytes are sent row by row, as before: copying needs the batch
 # in a transaction, two round trips (BEGIN, COMMIT) that cost more than resending 4 KB.
+# The server puts what an INSERT ... SELECT from the same table selects in a temporary
+# table first (on disk: the rows hold BLOBs), so one copy statement carries at most
+# COPY_BYTES of mail and body: 99 copies of a 9 MiB message in one statement made a 1.8 GB
+# temporary file, and MariaDB failed it ("Error on delete of '/tmp/#sql-temptable...'").
 COPY_FROM = 64 * 1024
+COPY_BYTES = 32 << 20
 
 
 @functools.lru_cache(maxsize=None)
@@ -109,10 +114,6 @@ def _split(run: list[Row]) -> list[list[Row]]:
         statements.append(run[start:start + count])
         start += count
     return statements
-
-
-def value_size(value) -> int:
-    return sum(map(len, value)) if isinstance(value, Blob) else len(value)
 
 
 def _first_hashes(batch: list[Pending], verdicts: list[Verdict]) -> list[str]:
@@ -225,7 +226,7 @@ class MySQLBackend(Backend):
         self.last_used = time.monotonic()
         return verdicts
 
-    def _store(self, statements: tuple[list[list[Row]], list[Row]]) -> None:
+    def _store(self, statements: tuple[list[list[Row]], list[list[Row]]]) -> None:
         """Insert and commit. One statement is committed by itself (autocommit): its OK
         packet, one round trip after it was sent, says the rows are stored. Several, or
         rows copied for further recipients, run in a transaction, so that a batch is never
@@ -273,23 +274,25 @@ class MySQLBackend(Backend):
             log.info("idle MySQL connection was closed by the server; reconnecting")
             self.connect()
 
-    def _statements(self, batch: list[Pending], verdicts: list[Verdict]) -> tuple[list[list[Row]], list[Row]]:
+    def _statements(self, batch: list[Pending], verdicts: list[Verdict]) -> tuple[list[list[Row]], list[list[Row]]]:
         """The rows of the batch's messages (of a message of COPY_FROM bytes or more to
         several recipients, its first row only), grouped as the statements that insert
         them: runs of at most max_allowed_packet bytes (a row with long values may be a run
         of its own above it), each cut in the sizes of statement_sizes; and the copy_sql
-        parameters of the other rows of those messages, to run after them. A message too big
+        parameters of the other rows of those messages, as the statements that copy them
+        (at most COPY_BYTES of message each), to run after them. A message too big
         for any statement is refused alone (its verdict is set here), before anything is
         sent."""
         limit = self.row_limit()
         statements: list[list[Row]] = []
-        copies: list[Row] = []
+        copies: list[list[Row]] = []
         run: list[Row] = []
-        run_size = 0
+        copy_run: list[Row] = []
+        run_size = copy_size = 0
         for index, pending in enumerate(batch):
             if verdicts[index] is not Verdict.STORED:
                 continue
-            copied = len(pending.rows) > 1 and value_size(pending.rows[0][MAIL]) >= COPY_FROM
+            copied = len(pending.rows) > 1 and message_size(pending.rows) >= COPY_FROM
             try:
                 rows = self._rows(pending.rows[:1] if copied else pending.rows, limit)
             except RowRefused as refused:
@@ -302,18 +305,25 @@ class MySQLBackend(Backend):
                 run.append(row)
                 run_size += row.size + row.long_size
             if copied:
-                copies += self._copies(pending)
+                size = message_size(pending.rows) + value_size(pending.rows[0][BODY])
+                for row in self._copies(pending):
+                    if copy_run and (copy_size + size > COPY_BYTES or len(copy_run) == MAX_ROWS_PER_STATEMENT):
+                        copies += _split(copy_run)
+                        copy_run, copy_size = [], 0
+                    copy_run.append(row)
+                    copy_size += size
         if run:
             statements += _split(run)
+        if copy_run:
+            copies += _split(copy_run)
         return statements, copies
 
-    def _execute(self, statements: tuple[list[list[Row]], list[Row]]) -> None:
+    def _execute(self, statements: tuple[list[list[Row]], list[list[Row]]]) -> None:
         inserts, copies = statements
         for rows in inserts:
             mysql_protocol.execute(self.conn, self.statements.get(insert_sql(len(rows))), rows)
-        for start in range(0, len(copies), MAX_ROWS_PER_STATEMENT):
-            for rows in _split(copies[start:start + MAX_ROWS_PER_STATEMENT]):
-                mysql_protocol.execute(self.conn, self.statements.get(copy_sql(len(rows))), rows)
+        for rows in copies:
+            mysql_protocol.execute(self.conn, self.statements.get(copy_sql(len(rows))), rows)
 
     def _insert_one_by_one(self, batch: list[Pending], verdicts: list[Verdict]) -> None:
         """A savepoint per message: its rows may take more than one statement, and when a

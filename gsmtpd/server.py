@@ -29,7 +29,7 @@ from .config import ListenerSpec, listeners
 from .limits import SharedAddressCounts
 from .runners import Runners
 from .session import Session, shutting_down
-from .budget import Budget
+from .budget import Budget, return_freed_messages
 from .store import Store
 
 log = logging.getLogger("gsmtpd.server")
@@ -106,6 +106,7 @@ class Server:
         self.watchdog = None         # a repeating libev timer while serving
         self.runners = Runners(self.handle)
         self.budget = Budget(config.memory_budget)   # bytes of mail this worker may hold
+        return_freed_messages()
         self.apply(config)
 
     def apply(self, config) -> None:

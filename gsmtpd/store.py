@@ -56,6 +56,20 @@ PER_RECIPIENT = ("to", "hash", "recipient")
 MAIL, BODY = COLUMNS.index("mail"), COLUMNS.index("body")
 
 
+# A message this big (raw) is written after the small ones of its batch (Store._run).
+BIG_MESSAGE = 1 << 20
+
+
+def value_size(value) -> int:
+    """Bytes of a column value given whole or as a Blob's parts (characters of a str)."""
+    return sum(map(len, value)) if isinstance(value, Blob) else len(value)
+
+
+def message_size(rows: list[tuple]) -> int:
+    """Bytes of a message's raw mail (its first row's `mail`)."""
+    return value_size(rows[0][MAIL])
+
+
 class Verdict(Enum):
     STORED = "stored"            # committed: 250
     TRANSIENT = "transient"      # not stored, try again: 451 4.3.0
@@ -213,9 +227,17 @@ class Store:
 
     def _run(self) -> None:
         while True:
-            batch = self._next_batch()
-            if batch:
-                self._write(batch)
+            # Small messages first, in a commit of their own: they do not wait for the
+            # write of a big one (a 9 MiB message and its body take MariaDB ~0.2 s).
+            small, big = [], []
+            for pending in self._next_batch():
+                (big if message_size(pending.rows) >= BIG_MESSAGE else small).append(pending)
+            for batch in (small, big):
+                if batch:
+                    self._write(batch)
+            # Not kept while the next batch is awaited: its messages' memory (a 10 MiB
+            # message and its body) is free once their sessions have their verdicts.
+            del small, big, batch
 
     def _next_batch(self) -> list[Pending]:
         first = self.queue.get()
