@@ -22,8 +22,8 @@ import pymysql
 
 from . import mysql_protocol
 from .mysql_protocol import Row
-from .store import (BODY, COLUMNS, PER_RECIPIENT, Backend, Pending, RowRefused, StoreMisconfigured,
-                    StoreUnreachable, TransientError, Verdict, message_size, value_size)
+from .store import (COLUMNS, Backend, Pending, RowRefused, StoreMisconfigured,
+                    StoreUnreachable, TransientError, Verdict, message_size)
 
 log = logging.getLogger("gsmtpd.store.mysql")
 
@@ -32,34 +32,30 @@ HASH = COLUMNS.index("hash")
 NOT_TEXT = {"date", "mail", "spam_score", "is_tls", "size", "has_attach"}
 INSERT_PREFIX = "INSERT INTO `new_mail` (" + ",".join(f"`{c}`" for c in COLUMNS) + ") VALUES "
 ROW_PLACEHOLDERS = "(" + ",".join("?" * len(COLUMNS)) + ")"
-# A message to N recipients crosses the wire once: its first row is inserted, and the
-# further recipients' rows are copied from it by the server, each with its own `to`,
-# `hash` and `recipient`, in the same transaction (users read every row's `mail`, so each
-# row keeps the whole message). One statement copies the rows of a whole batch: a derived
-# table of (source hash, to, hash, recipient), joined to the rows inserted just before.
-# Messages under COPY_FROM bytes are sent row by row, as before: copying needs the batch
-# in a transaction, two round trips (BEGIN, COMMIT) that cost more than resending 4 KB.
-# The server puts what an INSERT ... SELECT from the same table selects in a temporary
-# table first (on disk: the rows hold BLOBs), so one copy statement carries at most
-# COPY_BYTES of mail and body: 99 copies of a 9 MiB message in one statement made a 1.8 GB
-# temporary file, and MariaDB failed it ("Error on delete of '/tmp/#sql-temptable...'").
+# A message to N recipients crosses the wire once, while each recipient still gets a row
+# with the whole message in `mail` (users read it there): its mail and body are set once
+# as session variables, and its N rows are one INSERT that names them (shared_sql). The
+# server copies them from its memory. (INSERT ... SELECT from the first row, tried first,
+# made the server put every copy in an on-disk temporary table, and took shared locks
+# that deadlocked two workers' batches: W5 lost 81 of 100 messages to 451s.)
+# Messages under COPY_FROM bytes are sent row by row, as before: a shared message needs
+# the batch in a transaction, two round trips (BEGIN, COMMIT) that cost more than
+# resending 4 KB.
 COPY_FROM = 64 * 1024
-COPY_BYTES = 32 << 20
+SHARED = {"mail": "@gsmtpd_mail", "body": "@gsmtpd_body"}
+SET_SHARED = ("SET " + ", ".join(f"{name} = ?" for name in SHARED.values())).encode()
+SHARED_COLUMNS = [COLUMNS.index(c) for c in SHARED]
+OWN_COLUMNS = [i for i, c in enumerate(COLUMNS) if c not in SHARED]
 
 
 @functools.lru_cache(maxsize=None)
-def copy_sql(rows: int) -> bytes:
-    """The INSERT ... SELECT of ``rows`` copied rows; parameters: source hash, then the
-    PER_RECIPIENT columns, per row."""
-    select = ",".join(f"r.`{c}`" if c in PER_RECIPIENT else f"m.`{c}`" for c in COLUMNS)
-    first = "SELECT ? AS `source`," + ",".join(f"? AS `{c}`" for c in PER_RECIPIENT)
-    more = " UNION ALL SELECT " + ",".join("?" * (1 + len(PER_RECIPIENT)))
-    return ("INSERT INTO `new_mail` (" + ",".join(f"`{c}`" for c in COLUMNS) + ") SELECT " + select
-            + " FROM (" + first + more * (rows - 1) + ") AS r JOIN `new_mail` AS m ON m.`hash` = r.`source`"
-            ).encode()
+def shared_sql(rows: int) -> bytes:
+    """The INSERT of ``rows`` rows of one message, its mail and body from SET_SHARED's
+    variables; parameters: the OWN_COLUMNS of each row."""
+    row = "(" + ",".join(SHARED.get(c, "?") for c in COLUMNS) + ")"
+    return (INSERT_PREFIX + ",".join([row] * rows)).encode()
 
 
-COPIED = [COLUMNS.index(c) for c in PER_RECIPIENT]
 # A text or blob value this long (or a quarter of max_allowed_packet, when that is less)
 # goes ahead of its INSERT with COM_STMT_SEND_LONG_DATA: then each value must fit in a
 # packet, not its whole row, so a 9 MiB message with its 9 MiB body fits in MariaDB's
@@ -78,7 +74,7 @@ PACKET_SLACK = 4096
 # its 2048 * 18 placeholders under a statement's limit of 65535.
 EXACT_ROWS = 32
 MAX_ROWS_PER_STATEMENT = 2048
-STATEMENT_CACHE = 80          # 38 INSERTs and 38 copies (copy_sql) at most
+STATEMENT_CACHE = 80          # 38 INSERTs, 38 of shared_sql and SET_SHARED at most
 
 # MySQL errors that say "this data will never fit": the row is refused, the batch goes on.
 PERMANENT = (pymysql.err.DataError, pymysql.err.IntegrityError)
@@ -231,13 +227,13 @@ class MySQLBackend(Backend):
         packet, one round trip after it was sent, says the rows are stored. Several, or
         rows copied for further recipients, run in a transaction, so that a batch is never
         half stored."""
-        inserts, copies = statements
-        if len(inserts) == 1 and not copies:
+        inserts, shared = statements
+        if len(inserts) == 1 and not shared:
             prepared = self.statements.get(insert_sql(len(inserts[0])))
             self.committing = True
             mysql_protocol.execute(self.conn, prepared, inserts[0])
             return
-        if inserts:
+        if inserts or shared:
             self.conn.begin()
             self._execute(statements)
             self._commit()
@@ -274,27 +270,26 @@ class MySQLBackend(Backend):
             log.info("idle MySQL connection was closed by the server; reconnecting")
             self.connect()
 
-    def _statements(self, batch: list[Pending], verdicts: list[Verdict]) -> tuple[list[list[Row]], list[list[Row]]]:
-        """The rows of the batch's messages (of a message of COPY_FROM bytes or more to
-        several recipients, its first row only), grouped as the statements that insert
-        them: runs of at most max_allowed_packet bytes (a row with long values may be a run
-        of its own above it), each cut in the sizes of statement_sizes; and the copy_sql
-        parameters of the other rows of those messages, as the statements that copy them
-        (at most COPY_BYTES of message each), to run after them. A message too big
-        for any statement is refused alone (its verdict is set here), before anything is
-        sent."""
+    def _statements(self, batch: list[Pending], verdicts: list[Verdict]) -> tuple[list[list[Row]], list[tuple]]:
+        """The rows of the batch's messages, grouped as the statements that insert them:
+        runs of at most max_allowed_packet bytes (a row with long values may be a run of its
+        own above it), each cut in the sizes of statement_sizes; and, apart, each message
+        of COPY_FROM bytes or more to several recipients as (its mail and body for
+        SET_SHARED, its rows without them for shared_sql). A message too big for any
+        statement is refused alone (its verdict is set here), before anything is sent."""
         limit = self.row_limit()
         statements: list[list[Row]] = []
-        copies: list[list[Row]] = []
+        shared: list[tuple] = []
         run: list[Row] = []
-        copy_run: list[Row] = []
-        run_size = copy_size = 0
+        run_size = 0
         for index, pending in enumerate(batch):
             if verdicts[index] is not Verdict.STORED:
                 continue
-            copied = len(pending.rows) > 1 and message_size(pending.rows) >= COPY_FROM
             try:
-                rows = self._rows(pending.rows[:1] if copied else pending.rows, limit)
+                if len(pending.rows) > 1 and message_size(pending.rows) >= COPY_FROM:
+                    shared.append(self._shared(pending, limit))
+                    continue
+                rows = self._rows(pending.rows, limit)
             except RowRefused as refused:
                 verdicts[index] = refused.verdict
                 continue
@@ -304,26 +299,18 @@ class MySQLBackend(Backend):
                     run, run_size = [], 0
                 run.append(row)
                 run_size += row.size + row.long_size
-            if copied:
-                size = message_size(pending.rows) + value_size(pending.rows[0][BODY])
-                for row in self._copies(pending):
-                    if copy_run and (copy_size + size > COPY_BYTES or len(copy_run) == MAX_ROWS_PER_STATEMENT):
-                        copies += _split(copy_run)
-                        copy_run, copy_size = [], 0
-                    copy_run.append(row)
-                    copy_size += size
         if run:
             statements += _split(run)
-        if copy_run:
-            copies += _split(copy_run)
-        return statements, copies
+        return statements, shared
 
     def _execute(self, statements: tuple[list[list[Row]], list[list[Row]]]) -> None:
-        inserts, copies = statements
+        inserts, shared = statements
         for rows in inserts:
             mysql_protocol.execute(self.conn, self.statements.get(insert_sql(len(rows))), rows)
-        for rows in copies:
-            mysql_protocol.execute(self.conn, self.statements.get(copy_sql(len(rows))), rows)
+        for values, rows in shared:
+            mysql_protocol.execute(self.conn, self.statements.get(SET_SHARED), [values])
+            for statement in _split(rows):
+                mysql_protocol.execute(self.conn, self.statements.get(shared_sql(len(statement))), statement)
 
     def _insert_one_by_one(self, batch: list[Pending], verdicts: list[Verdict]) -> None:
         """A savepoint per message: its rows may take more than one statement, and when a
@@ -353,8 +340,9 @@ class MySQLBackend(Backend):
             encoded.append(row)
         return encoded
 
-    def _copies(self, pending: Pending) -> list[Row]:
-        """copy_sql's parameters for each further recipient of the message."""
-        source = pending.rows[0][HASH]
-        return [mysql_protocol.encode_row([source] + [values[i] for i in COPIED], None, self.text_type)
-                for values in pending.rows[1:]]
+    def _shared(self, pending: Pending, limit: int) -> tuple[Row, list[Row]]:
+        """A message's mail and body once (SET_SHARED), and each of its rows without them."""
+        first = pending.rows[0]
+        values = self._rows([[first[i] for i in SHARED_COLUMNS]], limit)[0]
+        return values, [mysql_protocol.encode_row([row[i] for i in OWN_COLUMNS], None, self.text_type)
+                        for row in pending.rows]
