@@ -69,14 +69,9 @@ class CountingForwarder:
                     with self.lock:
                         self.sent += len(data)
                 sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, sink):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            sink.shutdown(socket.SHUT_WR)      # pass the end of the stream on
+        except OSError:                        # the other side is gone: so is this one
+            sink.close()
 
     def close(self) -> None:
         self.listener.close()
