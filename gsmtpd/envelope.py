@@ -25,6 +25,7 @@ class Recipient:
 class Envelope:
     sender: str                                   # MAIL FROM address, '' for <>
     smtputf8: bool = False
+    size: int = 0                                 # MAIL FROM ... SIZE= (RFC 1870), 0 if none
     recipients: list[Recipient] = field(default_factory=list)
 
 

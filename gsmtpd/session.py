@@ -18,6 +18,7 @@ from gevent.socket import wait_read
 from . import metrics
 from . import replies as R
 from .address import parse_helo, parse_path
+from .budget import cost
 from .config import ListenerSpec
 from .envelope import Envelope, Recipient, build_rows, held_bytes, new_queue_id
 from .store import Verdict
@@ -338,7 +339,8 @@ class Session:
             # RFC 1870 section 3: size-value ::= 1*20DIGIT, ASCII digits only.
             if value is None or not (value.isascii() and value.isdigit()):
                 return R.SYNTAX_ERROR
-            return self.server.budget.check_size(int(value), self.config.max_size)
+            envelope.size = int(value)
+            return self.server.budget.check_size(envelope.size, self.config.max_size)
         if key == "BODY":
             # RFC 6152: 8BITMIME is taken and stored as it comes; nothing to convert.
             if value is None or not value.isascii() or value.upper() not in ("7BIT", "8BITMIME"):
@@ -365,7 +367,10 @@ class Session:
             self.reply(R.RELAY_DENIED)
             return
         # RFC 5321 4.5.3.1.8 / 4.5.3.1.10: a limit on recipients answers 452, not 5xx.
-        if len(envelope.recipients) >= self.config.max_recipients:
+        # Each recipient's row holds the whole message and its body: a message declared big
+        # may have only so many (one always), or its commit would outlast the save timeout.
+        if len(envelope.recipients) >= self.config.max_recipients or (envelope.recipients and \
+                (len(envelope.recipients) + 1) * cost(envelope.size) > self.config.max_stored_bytes):
             self.reply(R.TOO_MANY_RECIPIENTS)
             return
         mailbox = self.mailbox(path.local, path.domain)

@@ -212,7 +212,9 @@ def test_a_9_mib_message_to_100_recipients_crosses_to_mariadb_once(mysql_store, 
     forwarder = CountingForwarder((MYSQL_HOST, MYSQL_PORT))
     url = f"mysql://{MYSQL_USER}:{MYSQL_PASSWORD}@127.0.0.1:{forwarder.port}/{mysql_store.database}"
     try:
-        server = gsmtpd_server(SimpleNamespace(url=url), workers=1, save_timeout=120)
+        # 100 rows of 2 x 9 MiB are more than --max-stored-bytes allows by default (1 GiB:
+        # the RCPTs past it get 452, see the next test): raised here, with the save timeout.
+        server = gsmtpd_server(SimpleNamespace(url=url), workers=1, save_timeout=120, max_stored_bytes=4 << 30)
         message = mail(9 * MiB, "hundred")
         recipients = [f"r{n}@test.org" for n in range(100)]
         before = forwarder.sent
@@ -235,6 +237,24 @@ def test_a_9_mib_message_to_100_recipients_crosses_to_mariadb_once(mysql_store, 
     assert sent < 2.1 * len(message), sent
     print(f"\n9 MiB to 100 recipients: {sent / len(message):.3f} x the message sent to MariaDB, "
           f"250 after {seconds:.1f} s")
+
+
+def test_a_big_declared_size_limits_the_recipients_of_one_transaction(sqlite_store, gsmtpd_server):
+    """Rows of 2 x SIZE each, at most --max-stored-bytes: the RCPT past it gets 452 4.5.3
+    (RFC 5321 4.5.3.1.10), and the client sends to the rest in another transaction."""
+    server = gsmtpd_server(sqlite_store, workers=1, max_stored_bytes=16 * MiB)
+    client = server.raw()
+    assert client.reply().startswith("220 ")
+    assert client.command("EHLO c").startswith("250")
+    assert client.command(f"MAIL FROM:<a@example.org> SIZE={1 * MiB}") == "250 2.1.0 Sender OK"
+    replies = [client.command(f"RCPT TO:<r{n}@test.org>") for n in range(10)]
+    # 8 rows of 2 MiB fit in 16 MiB; the ninth does not.
+    assert replies == ["250 2.1.5 Recipient OK"] * 8 + ["452 4.5.3 Too many recipients"] * 2
+    assert client.command("RSET") == "250 2.0.0 Reset OK"
+    # One recipient always, however big the message: its one row is what it costs anyway.
+    assert client.command(f"MAIL FROM:<a@example.org> SIZE={9 * MiB}") == "250 2.1.0 Sender OK"
+    assert client.command("RCPT TO:<one@test.org>") == "250 2.1.5 Recipient OK"
+    assert client.command("RCPT TO:<two@test.org>") == "452 4.5.3 Too many recipients"
 
 
 def test_sqlite_stores_a_message_to_many_recipients_from_one_row(sqlite_store, gsmtpd_server):
