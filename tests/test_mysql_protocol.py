@@ -312,3 +312,27 @@ def test_a_connection_lost_during_a_lone_insert_is_checked_and_the_writer_goes_o
         store.close()
         proxy.stop()
     assert mysql_store.count() == 3
+
+
+def test_a_message_to_several_recipients_sends_its_mail_once_and_a_refused_one_leaves_no_rows(backend, mysql_store):
+    """Big messages to several recipients go as one SET of their mail and body and one
+    INSERT naming them; a batch redone message by message after a refusal keeps each
+    message whole: all of its rows, or none."""
+    raw = os.urandom(200_000)
+    body = "body " * 40_000
+    taken = new_hash()
+    first = pending(*(make_row(h, to=f"a{n}@test.org", mail=Blob((b"R\r\n", raw)), body=body)
+                      for n, h in enumerate([new_hash(), taken, new_hash()])))
+    clash = pending(*(make_row(h, to=f"b{n}@test.org", mail=Blob((b"R\r\n", raw)), body=body)
+                      for n, h in enumerate([new_hash(), taken])))      # its second row repeats a hash
+    small = pending(make_row(new_hash(), to="c@test.org"))
+    executes = session_status(backend.conn, "Com_stmt_execute")
+    assert backend.write([first, small]) == [Verdict.STORED] * 2
+    # The small message's INSERT, then the big one's SET and INSERT: three executes.
+    assert session_status(backend.conn, "Com_stmt_execute") - executes == 3
+    rows = mysql_store.rows()
+    assert sorted(r["to"] for r in rows) == ["a0@test.org", "a1@test.org", "a2@test.org", "c@test.org"]
+    assert all(bytes(r["mail"]) == b"R\r\n" + raw and r["body"] == body for r in rows if r["to"] != "c@test.org")
+    again = pending(make_row(new_hash(), to="d@test.org"))
+    assert backend.write([clash, again]) == [Verdict.REFUSED, Verdict.STORED]
+    assert sorted(r["to"] for r in mysql_store.rows() if r["to"][0] in "bd") == ["d@test.org"]
