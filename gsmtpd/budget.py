@@ -24,7 +24,6 @@ at a time: at most ~3 x max_size more than the budget, whatever the concurrency
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 from . import metrics
 from . import replies as R
@@ -52,9 +51,10 @@ def return_freed_messages() -> None:
     so RSS follows what the budget counts. Measured: 20 x 9 MiB senders on a 64 MiB budget
     (tests/test_memory.py) peaked at 118-131 MB without it, 114 MB with it (idle: 47 MB)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-    except (OSError, AttributeError, TypeError):   # not glibc: its allocator, its rules
+        # The process's own symbols (libc's among them): no library search, which would run
+        # ldconfig in a subprocess, after --user took away the right to import for it.
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):   # not glibc: its allocator, its rules
         pass
 
 
