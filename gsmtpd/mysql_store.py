@@ -56,6 +56,9 @@ def shared_sql(rows: int) -> bytes:
     return (INSERT_PREFIX + ",".join([row] * rows)).encode()
 
 
+# What a batch goes out as: runs of whole rows, one list per INSERT; and each message sent
+# once for several rows, as (its SET_SHARED values, its rows for shared_sql).
+BatchStatements = tuple[list[list[Row]], list[tuple[Row, list[Row]]]]
 # A text or blob value this long (or a quarter of max_allowed_packet, when that is less)
 # goes ahead of its INSERT with COM_STMT_SEND_LONG_DATA: then each value must fit in a
 # packet, not its whole row, so a 9 MiB message with its 9 MiB body fits in MariaDB's
@@ -222,11 +225,11 @@ class MySQLBackend(Backend):
         self.last_used = time.monotonic()
         return verdicts
 
-    def _store(self, statements: tuple[list[list[Row]], list[list[Row]]]) -> None:
+    def _store(self, statements: BatchStatements) -> None:
         """Insert and commit. One statement is committed by itself (autocommit): its OK
-        packet, one round trip after it was sent, says the rows are stored. Several, or
-        rows copied for further recipients, run in a transaction, so that a batch is never
-        half stored."""
+        packet, one round trip after it was sent, says the rows are stored. Several, or a
+        message sent once for several rows (SET_SHARED, shared_sql), run in a transaction,
+        so that a batch is never half stored."""
         inserts, shared = statements
         if len(inserts) == 1 and not shared:
             prepared = self.statements.get(insert_sql(len(inserts[0])))
@@ -270,7 +273,7 @@ class MySQLBackend(Backend):
             log.info("idle MySQL connection was closed by the server; reconnecting")
             self.connect()
 
-    def _statements(self, batch: list[Pending], verdicts: list[Verdict]) -> tuple[list[list[Row]], list[tuple]]:
+    def _statements(self, batch: list[Pending], verdicts: list[Verdict]) -> BatchStatements:
         """The rows of the batch's messages, grouped as the statements that insert them:
         runs of at most max_allowed_packet bytes (a row with long values may be a run of its
         own above it), each cut in the sizes of statement_sizes; and, apart, each message
@@ -279,7 +282,7 @@ class MySQLBackend(Backend):
         statement is refused alone (its verdict is set here), before anything is sent."""
         limit = self.row_limit()
         statements: list[list[Row]] = []
-        shared: list[tuple] = []
+        shared: list[tuple[Row, list[Row]]] = []
         run: list[Row] = []
         run_size = 0
         for index, pending in enumerate(batch):
@@ -303,7 +306,7 @@ class MySQLBackend(Backend):
             statements += _split(run)
         return statements, shared
 
-    def _execute(self, statements: tuple[list[list[Row]], list[list[Row]]]) -> None:
+    def _execute(self, statements: BatchStatements) -> None:
         inserts, shared = statements
         for rows in inserts:
             mysql_protocol.execute(self.conn, self.statements.get(insert_sql(len(rows))), rows)
