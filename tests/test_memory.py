@@ -295,3 +295,36 @@ def test_declared_size_over_the_free_budget_gets_452_at_mail_and_over_max_size_5
     assert filling.reply().startswith("250 2.0.0 OK: queued as ")
     assert other.command(f"MAIL FROM:<a@example.org> SIZE={15 * MiB}") == "250 2.1.0 Sender OK"
     assert mysql_store.count() == 1
+
+
+def wait_metric(port: int, name: str, done, seconds: float = 30) -> float:
+    """Scrape until ``done(value)`` (the condition, not a sleep), or fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = value(scrape(port)[1], name)
+        if done(found):
+            return found
+        assert time.monotonic() < deadline, f"{name} stayed at {found}"
+        time.sleep(0.05)
+
+
+def test_the_budget_is_released_when_a_sender_vanishes_or_times_out_in_data(sqlite_store, gsmtpd_server):
+    server = gsmtpd_server(sqlite_store, workers=1, memory_budget=64 * MiB, data_timeout=3, metrics="127.0.0.1:0")
+    port = metrics_port(server)
+    used = "gsmtpd_memory_budget_used_bytes"
+    # A sender that goes away in the middle of its message.
+    vanishing = server.raw()
+    vanishing.start_data(helo="EHLO c")
+    vanishing.send(mail(5 * MiB, "vanishing"))
+    assert wait_metric(port, used, lambda v: v >= 10 * MiB) <= 64 * MiB
+    assert wait_metric(port, "gsmtpd_largest_message_in_flight_bytes", lambda v: v >= 5 * MiB) < 6 * MiB
+    vanishing.sock.close()
+    wait_metric(port, used, lambda v: v == 0)
+    # A sender whose DATA outlasts --data-timeout: 421, and the budget is free again.
+    slow = server.raw()
+    slow.start_data(helo="EHLO c")
+    slow.send(mail(1 * MiB, "slow"))
+    assert wait_metric(port, used, lambda v: v > 0) > 0
+    assert slow.reply() == "421 4.4.2 Timeout during DATA, closing connection"
+    wait_metric(port, used, lambda v: v == 0)
+    assert sqlite_store.count() == 0
