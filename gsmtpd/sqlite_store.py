@@ -11,7 +11,8 @@ import sqlite3
 
 from gevent import get_hub
 
-from .store import COLUMNS, PER_RECIPIENT, Backend, Blob, Pending, Utf8Text, StoreMisconfigured, TransientError, Verdict
+from .store import (COLUMNS, MAIL, PER_RECIPIENT, Backend, Blob, Pending, StoreMisconfigured, TransientError,
+                    Utf8Text, Verdict, value_size)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS new_mail (
@@ -39,11 +40,12 @@ CREATE INDEX IF NOT EXISTS new_mail_to ON new_mail ("to");
 CREATE INDEX IF NOT EXISTS new_mail_date ON new_mail (date);
 """
 
-def plain(row: tuple) -> tuple:
-    """sqlite3 binds bytes and str, not our parts: join a Blob (decode a Utf8Text) here,
-    in the writer's thread."""
-    return tuple(value if not isinstance(value, Blob) else value.text() if isinstance(value, Utf8Text)
-                 else value.join() for value in row)
+def bindable(value):
+    """sqlite3 binds bytes and str, not our parts. The body's UTF-8 goes as it is (the
+    INSERT casts it to TEXT): no str of it is made here."""
+    if isinstance(value, Utf8Text):
+        return value.join()          # one part: the same bytes object, not a copy
+    return value.join() if isinstance(value, Blob) else value
 
 
 _FAILED = object()
@@ -56,8 +58,11 @@ def _capture(func, *args):
         return _FAILED, exc
 
 
-INSERT = "INSERT INTO new_mail (" + ",".join(f'"{c}"' for c in COLUMNS) + ") VALUES (" \
-         + ",".join("?" * len(COLUMNS)) + ")"
+# The mail goes in as a zeroblob of its length, then is written part by part through
+# incremental blob I/O: the message is not joined with its Received header into a copy.
+_PLACEHOLDER = {"mail": "zeroblob(?)", "body": "CAST(? AS TEXT)"}
+INSERT = ("INSERT INTO new_mail (" + ",".join(f'"{c}"' for c in COLUMNS) + ") VALUES ("
+          + ",".join(_PLACEHOLDER.get(c, "?") for c in COLUMNS) + ")")
 # A message to several recipients is bound once: its first row is inserted, and the
 # others are copied from it (as in mysql_store), each with its own PER_RECIPIENT columns.
 COPY = ("INSERT INTO new_mail (" + ",".join(f'"{c}"' for c in COLUMNS) + ") SELECT "
@@ -68,7 +73,15 @@ HASH = COLUMNS.index("hash")
 
 def insert(conn: sqlite3.Connection, rows: list[tuple]) -> None:
     """One message's rows: the first whole, the others copied from it."""
-    conn.execute(INSERT, plain(rows[0]))
+    first = rows[0]
+    mail = first[MAIL]
+    values = [bindable(value) for value in first]
+    values[MAIL] = value_size(mail)
+    rowid = conn.execute(INSERT, values).lastrowid
+    if values[MAIL]:
+        with conn.blobopen("new_mail", "mail", rowid) as blob:
+            for part in (mail if isinstance(mail, Blob) else (mail,)):
+                blob.write(part)
     if len(rows) > 1:
         conn.executemany(COPY, ([row[i] for i in COPIED] + [rows[0][HASH]] for row in rows[1:]))
 
