@@ -67,8 +67,8 @@ class Budget:
     def __init__(self, limit: int):
         self.used = 0
         self.refusals = 0
-        self.live: set[Reservation] = set()
-        self.largest = 0             # bytes of the largest message in flight (a metric)
+        self.live: set[Reservation] = set()   # the big ones (over SMALL)
+        self.largest = 0             # budget held by the largest of them (a metric)
         self.resize(limit)
 
     def resize(self, limit: int) -> None:
@@ -108,6 +108,22 @@ class Budget:
     def _changed(self) -> None:
         metrics.M.budget_used.set(self.used)
 
+    def _track(self, reservation: "Reservation", before: int) -> None:
+        """Keep the set of big reservations (over SMALL) and the largest of them, for the
+        metric; small ones stay out of it, so the 4 KB message's path is arithmetic only."""
+        held = reservation.held
+        if held > SMALL:
+            self.live.add(reservation)
+        else:
+            self.live.discard(reservation)
+        if held > self.largest:
+            self.largest = held
+        elif before >= self.largest > held:       # the largest shrank, or went
+            self.largest = max((r.held for r in self.live), default=0)
+        else:
+            return
+        metrics.M.largest_message.set(self.largest // COPIES)
+
 
 class Reservation:
     """The budget held for one message; a context manager that releases it on every path."""
@@ -145,26 +161,17 @@ class Reservation:
 
     def settle(self, wanted: int) -> bool:
         """Hold exactly ``wanted`` bytes (more or fewer than now); False when more do not fit."""
-        budget = self.budget
-        if wanted > self.held and not budget._fits(self.held, wanted):
+        budget, held = self.budget, self.held
+        if wanted > held and not budget._fits(held, wanted):
             return False
-        budget.used += wanted - self.held
+        budget.used += wanted - held
         self.held = wanted
-        budget.live.add(self)
-        if wanted > budget.largest:
-            budget.largest = wanted
-            metrics.M.largest_message.set(wanted // COPIES)
         budget._changed()
+        if wanted > SMALL or held > SMALL:
+            budget._track(self, held)
         return True
 
     def release(self) -> None:
-        if not self.held:
-            return
-        budget = self.budget
-        budget.used -= self.held
-        budget.live.discard(self)
-        if self.held >= budget.largest:
-            budget.largest = max((r.held for r in budget.live), default=0)
-            metrics.M.largest_message.set(budget.largest // COPIES)
-        self.held = self.size = 0
-        budget._changed()
+        self.size = 0
+        if self.held:
+            self.settle(0)

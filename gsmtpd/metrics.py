@@ -84,7 +84,8 @@ class Metrics:
         self.budget_refusals = Counter("gsmtpd_memory_budget_refusals_total",
                                        "Messages refused with 452 4.3.1 because the memory budget was full")
         self.largest_message = Gauge("gsmtpd_largest_message_in_flight_bytes",
-                                     "Size of the largest message held now", multiprocess_mode="livemax")
+                                     "Size of the largest message over 1 MiB held now (0: none)",
+                                     multiprocess_mode="livemax")
 
     def message(self, code: int, size: int, recipients: int) -> None:
         self.messages.labels(RESULT_BY_CLASS.get(str(code)[0], "other"), str(code)).inc()

@@ -171,7 +171,9 @@ _ENCODERS = {
     float: lambda value: (DOUBLE_TYPE, (struct.pack("<d", value),)),
     datetime.datetime: lambda value: (DATETIME_TYPE, (_datetime_value(value),)),
     Blob: lambda value: (BLOB_TYPE, _blob_value(value)),
-    Utf8Text: lambda value: (STRING_TYPE, _blob_value(value)),    # declared as text_type
+    # Declared as text_type. The body is one part: short, it is joined with its length
+    # prefix into one piece, as a str's would be.
+    Utf8Text: lambda value: (STRING_TYPE, _string_value(value[0]) if len(value) == 1 else _blob_value(value)),
 }
 
 
