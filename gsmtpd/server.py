@@ -25,11 +25,11 @@ from gevent.server import StreamServer
 
 from . import replies as R
 from .address import AllowedHosts
+from .budget import Budget, return_freed_messages
 from .config import ListenerSpec, listeners
 from .limits import SharedAddressCounts
 from .runners import Runners
 from .session import Session, shutting_down
-from .budget import Budget, return_freed_messages
 from .store import Store
 
 log = logging.getLogger("gsmtpd.server")

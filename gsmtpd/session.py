@@ -369,8 +369,9 @@ class Session:
         # RFC 5321 4.5.3.1.8 / 4.5.3.1.10: a limit on recipients answers 452, not 5xx.
         # Each recipient's row holds the whole message and its body: a message declared big
         # may have only so many (one always), or its commit would outlast the save timeout.
-        if len(envelope.recipients) >= self.config.max_recipients or (envelope.recipients and \
-                (len(envelope.recipients) + 1) * cost(envelope.size) > self.config.max_stored_bytes):
+        rows_bytes = (len(envelope.recipients) + 1) * cost(envelope.size)
+        if len(envelope.recipients) >= self.config.max_recipients or (
+                envelope.recipients and rows_bytes > self.config.max_stored_bytes):
             self.reply(R.TOO_MANY_RECIPIENTS)
             return
         mailbox = self.mailbox(path.local, path.domain)

@@ -46,9 +46,6 @@ class Utf8Text(Blob):
     encoded once when its rows are built (and its str dropped), so that no writer holds
     the text twice (str and bytes) or encodes it again for every recipient."""
 
-    def text(self) -> str:
-        return str(self.join(), "utf-8")
-
 
 # The columns that differ between the rows of one message (one row per recipient); the
 # others are the message's and are the same in all of its rows.
