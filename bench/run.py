@@ -53,6 +53,7 @@ class Workload:
     per_connection: int
     target: float       # gsmtpd rate / smtp-sink rate, from the issue
     what: str
+    recipients: int = 1  # smtp-source -r: recipients per message (rows per message)
 
 
 WORKLOADS = {
@@ -61,6 +62,10 @@ WORKLOADS = {
         Workload("W2", 20_000, 4 * KiB, 50, 100, 0.30, "4 KB, 50 sessions, ~100 messages per connection"),
         Workload("W3", 20_000, 4 * KiB, 500, 1, 0.65, "4 KB, 500 sessions, a new connection per message"),
         Workload("W4", 300, 1 * MiB, 10, 1, 0.55, "1 MiB, 10 sessions, a new connection per message"),
+        # Issue "Bounded memory": a message to 10 recipients crosses to the database once.
+        # No target ratio: it is there for RSS, database bytes per message and lost.
+        Workload("W5", 100, 2 * MiB, 50, 1, 0.0, "2 MiB to 10 recipients, 50 sessions, a new connection each",
+                 recipients=10),
     )
 }
 RSS_LIMIT_MB = 100          # per worker, at W3 and W4 (the issue)
@@ -119,7 +124,7 @@ class Database:
 
     def status(self) -> dict[str, int]:
         """Server-wide counters (shared with anything else using this MariaDB)."""
-        rows = self._query("SHOW GLOBAL STATUS WHERE Variable_name IN ('Com_commit', 'Com_stmt_execute', 'Innodb_data_fsyncs')")
+        rows = self._query("SHOW GLOBAL STATUS WHERE Variable_name IN ('Com_commit', 'Com_stmt_execute', 'Innodb_data_fsyncs', 'Bytes_received')")
         return {name: int(value) for name, value in rows}
 
     def variables(self) -> dict:
@@ -317,13 +322,17 @@ class Gsmtpd:
 # --- the load
 
 
-def source_argv(port: int, size: int, sessions: int, messages: int, keep_connection: bool) -> list[str]:
+def source_argv(port: int, size: int, sessions: int, messages: int, keep_connection: bool,
+                recipients: int = 1) -> list[str]:
     # -A: carry on after a 4xx/5xx (those are counted from the server log, not hidden
     # by smtp-source dying at the first one). -d: several messages per connection.
+    # -r: recipients per message (1rcpt@, 2rcpt@ ...).
     argv = ["smtp-source", "-A", "-s", str(sessions), "-m", str(messages), "-l", str(size),
             "-M", "client.test", "-f", "sender@client.test", "-t", "rcpt@mx.test"]
     if keep_connection:
         argv.append("-d")
+    if recipients > 1:
+        argv += ["-r", str(recipients)]
     return argv + [f"{HOST}:{port}"]
 
 
@@ -356,14 +365,14 @@ def run_load(port: int, wl: Workload, messages: int, timeout: float) -> dict:
 
     started = time.monotonic()
     if wl.per_connection <= 1:
-        run(source_argv(port, wl.size, min(wl.sessions, messages), messages, False))
+        run(source_argv(port, wl.size, min(wl.sessions, messages), messages, False, wl.recipients))
     else:
         lanes = min(wl.sessions, messages)
 
         def lane(quota: int) -> None:
             while quota > 0:
                 chunk = min(wl.per_connection, quota)
-                run(source_argv(port, wl.size, 1, chunk, True))
+                run(source_argv(port, wl.size, 1, chunk, True, wl.recipients))
                 quota -= chunk
 
         threads = [threading.Thread(target=lane, args=(messages // lanes + (i < messages % lanes),))
@@ -489,8 +498,9 @@ def phase_gsmtpd(wl: Workload, messages: int, args, workdir: str, db: Database, 
     cpu = watch.cpu_since_mark()
     result = {
         "messages": messages, **load, **logged, "rows": rows,
-        "lost": max(0, logged["acked"] - rows),              # 250 said, no row: must be 0
-        "rows_not_acked": max(0, rows - logged["acked"]),    # stored, but no 250 logged
+        # A message has a row per recipient (W5: 10).
+        "lost": max(0, logged["acked"] * wl.recipients - rows),    # 250 said, no row: must be 0
+        "rows_not_acked": max(0, rows - logged["acked"] * wl.recipients),   # stored, no 250 logged
         "not_acked": messages - source_acked,                # 4xx/5xx/errors: the client retries
         "probe_acked": probe_acked,
         "msgs_per_s": source_acked / load["wall_s"],
@@ -499,6 +509,8 @@ def phase_gsmtpd(wl: Workload, messages: int, args, workdir: str, db: Database, 
         "peak_rss_mb": watch.peak_rss_kb() / 1024, "processes": watch.processes(),
         "machine_busy_pct": machine, "busy_before_pct": settled, "db_commits": db_status.get("Com_commit"),
         "db_fsyncs": db_status.get("Innodb_data_fsyncs"),
+        # Bytes MariaDB received (from everyone: noisy on a shared server) per acked message.
+        "db_bytes_per_msg": db_status.get("Bytes_received", 0) / max(1, logged["acked"]),
         # Nearly every batch is one INSERT that commits itself (autocommit), so messages
         # per INSERT executed is the group-commit batch size.
         "db_inserts": db_status.get("Com_stmt_execute"),
@@ -629,6 +641,14 @@ def report(results: dict) -> str:
             lines.append(f"  {name}: floor {r['floor_msgs_per_s']:.0f} msgs/s = {r['floor_ratio']:.2f} of sink, "
                          f"{r['floor_cpu_ms_per_msg']:.3f} ms CPU/msg; gsmtpd = {r['gsmtpd_to_floor']:.2f} of floor; "
                          f"the target needs {needed / r['floor_msgs_per_s']:.2f} of floor")
+    w5 = results["workloads"].get("W5")
+    if w5:
+        g, wl = w5["gsmtpd"], WORKLOADS["W5"]
+        lines.append("")
+        lines.append(f"W5 ({wl.what}): {g['msgs_per_s']:.1f} msgs/s, peak RSS {g['peak_rss_mb']:.0f} MB per worker, "
+                     f"{g['db_bytes_per_msg'] / MiB:.2f} MiB to the database per message "
+                     f"({g['db_bytes_per_msg'] / wl.size:.2f} x its body; its rows hold "
+                     f"{wl.recipients} x (mail + body)), lost {g['lost']}")
     w1 = results["workloads"].get("W1")
     if w1 and w1["gsmtpd"]["latency"]:
         lines.append("")

@@ -95,6 +95,17 @@ def at_least(minimum: float, parse: Callable[[Any], Any]) -> Callable[[Any], Any
     return check
 
 
+def zero_or_at_least(minimum: float, parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """0 (meaning "the default rule") or at least ``minimum``."""
+    bounded = at_least(minimum, parse)
+
+    def check(value: Any) -> Any:
+        result = parse(value)
+        return result if result == 0 else bounded(result)
+    check.__name__ = parse.__name__
+    return check
+
+
 def port_number(value: Any) -> int:
     port = as_int(value)
     if not 0 <= port <= 65535:
@@ -183,6 +194,21 @@ def _fqdn() -> str:
     return socket.getfqdn() or "localhost"
 
 
+def machine_memory() -> int:
+    """Bytes of physical memory (0 when the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 0
+
+
+def default_memory_budget(workers: int) -> int:
+    """A quarter of the machine's memory for mail in flight, shared by the workers: the
+    database (often on the same machine), the page cache and the workers' own ~50 MB each
+    need the rest. Never under 64 MiB, the room for three 10 MiB messages (budget.py)."""
+    return max(64 * MiB, machine_memory() // 4 // max(1, workers))
+
+
 # A default of a callable is computed when the config is loaded (the hostname is the machine's).
 SETTINGS: list[Setting] = [
     Setting("port", port_number, 25, "TCP port to listen on (0: any free port, logged at start)", ("-p",)),
@@ -213,16 +239,26 @@ SETTINGS: list[Setting] = [
             "seconds a message may wait for its commit; then 451 4.3.0", metavar="SECONDS"),
     Setting("batch_max", at_least(1, as_int), 200,
             "most messages written in one INSERT/COMMIT (group commit)", metavar="N"),
+    # --- memory (budget.py): every byte of mail a worker holds counts against its budget
+    Setting("memory_budget", at_least(0, as_int), 0,
+            "bytes of mail one worker may hold at once (DATA being read, messages waiting for "
+            "and being written); beyond it 452 4.3.1. 0: a quarter of the machine's memory "
+            "over the workers, at least 64 MiB", metavar="BYTES"),
+    Setting("max_stored_bytes", at_least(1, as_int), 1024 * MiB,
+            "bytes of rows one message may make (its size and body, once per recipient): a RCPT "
+            "past it for the declared SIZE gets 452 4.5.3 and the client sends to the rest later. "
+            "MariaDB wrote 100-190 MB/s of rows on the project's machine: 1 GiB commits well "
+            "within the default save timeout", metavar="BYTES"),
     Setting("queue_max", at_least(1, as_int), 2000,
             "messages waiting for the writer before sessions wait for room", metavar="N"),
     # --- a clustered store (MariaDB Galera; README "Scaling out")
-    # 64 MiB: a transaction is one Galera write-set, held whole in memory on every member and
-    # refused past wsrep_max_ws_size (2 GiB by default); MySQL Group Replication refuses past
-    # 150 MB (group_replication_transaction_size_limit). Far below both, and above a few
-    # recipients of a --max-size (10 MiB) message, whose rows each carry the whole mail.
-    Setting("batch_max_bytes", at_least(1 * MiB, as_int), 64 * MiB,
+    # 0: 64 MiB on a Galera member (mysql_store.CLUSTER_MAX_BYTES says why), no bound on a
+    # single server, where a transaction is no write-set and a big message to many
+    # recipients must still be stored (issue #15).
+    Setting("batch_max_bytes", zero_or_at_least(1 * MiB, as_int), 0,
             "most bytes of rows in one transaction: a batch is cut at this size, and a message "
-            "whose rows alone exceed it gets 552 5.3.4 (MySQL stores only)", metavar="BYTES"),
+            "whose rows alone exceed it gets 552 5.3.4 (MySQL stores only; 0: 64 MiB on a "
+            "Galera member, none on a single server)", metavar="BYTES"),
     Setting("fail_back_after", at_least(0, as_float), 30.0,
             "with several database hosts in --store: seconds a preferred member must have been "
             "ready before the writer returns to it (no flapping)", metavar="SECONDS"),
@@ -373,6 +409,8 @@ def load(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
         values["allowed_hosts"] = [values.get("hostname") or "localhost"]
     if not values.get("workers"):
         values["workers"] = os.cpu_count() or 1
+    if not values.get("memory_budget") and values.get("workers"):
+        values["memory_budget"] = default_memory_budget(values["workers"])
     problems.extend(_check_consistency(values))
     if problems:
         raise ConfigError(problems)

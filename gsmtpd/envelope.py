@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import mime
-from .store import Blob
+from .store import BODY, MAIL, Blob, Utf8Text, value_size
 
 log = logging.getLogger("gsmtpd.session")
 
@@ -25,6 +25,7 @@ class Recipient:
 class Envelope:
     sender: str                                   # MAIL FROM address, '' for <>
     smtputf8: bool = False
+    size: int = 0                                 # MAIL FROM ... SIZE= (RFC 1870), 0 if none
     recipients: list[Recipient] = field(default_factory=list)
     binarymime: bool = False                      # BODY=BINARYMIME: only BDAT may carry it
     chunks: bytearray | None = None               # BDAT content so far; None before the first
@@ -114,12 +115,20 @@ def build_rows(envelope: Envelope, raw: bytes, *, queue_id: str, now: float, ip:
     mail = Blob((received_header(helo=helo, ip=ip, hostname=hostname, protocol=protocol,
                                  queue_id=queue_id, recipients=envelope.recipients, now=now), raw))
     parsed = parse_message(raw, prefer, crlf_only)
+    # Encoded here, once: the str is dropped with ``parsed``, so the message is held as its
+    # raw bytes plus its UTF-8 body until the writer is done (budget.py counts those two).
+    body = Utf8Text((parsed.body.encode("utf-8", "replace"),))
     date = _STAMPS.at(now).column
     hashes = row_hashes(queue_id, len(envelope.recipients))
     return [
-        (date, parsed.from_addr[:WIDTH], rcpt.mailbox[:WIDTH], parsed.subject[:WIDTH], parsed.body,
+        (date, parsed.from_addr[:WIDTH], rcpt.mailbox[:WIDTH], parsed.subject[:WIDTH], body,
          parsed.charset[:64], mail, 0.0, row_hash, parsed.content_type[:WIDTH], rcpt.address[:WIDTH],
          envelope.sender[:WIDTH], ip, helo[:WIDTH], int(is_tls), len(raw), parsed.has_attach,
          parsed.message_id[:WIDTH])
         for rcpt, row_hash in zip(envelope.recipients, hashes)
     ]
+
+
+def held_bytes(rows: list[tuple]) -> int:
+    """The bytes a message's rows hold (its mail and its body, shared by all of them)."""
+    return value_size(rows[0][MAIL]) + value_size(rows[0][BODY])

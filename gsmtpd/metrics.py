@@ -83,6 +83,15 @@ class Metrics:
         self.tls_sessions = Counter("gsmtpd_tls_sessions_total", "TLS handshakes completed (STARTTLS and implicit)")
         # min over live workers: 0 as soon as one worker cannot reach its store.
         self.store_up = Gauge("gsmtpd_store_up", "1 while the store is reachable", multiprocess_mode="livemin")
+        # The byte budget (budget.py): bytes of mail held, 452s for want of it, and the
+        # largest message held now (max over workers).
+        self.budget_used = Gauge("gsmtpd_memory_budget_used_bytes", "Bytes of the memory budget reserved for mail in flight",
+                                 multiprocess_mode="livesum")
+        self.budget_refusals = Counter("gsmtpd_memory_budget_refusals_total",
+                                       "Messages refused with 452 4.3.1 because the memory budget was full")
+        self.largest_message = Gauge("gsmtpd_largest_message_in_flight_bytes",
+                                     "Size of the largest message over 1 MiB held now (0: none)",
+                                     multiprocess_mode="livemax")
 
     def message(self, code: int, size: int, recipients: int) -> None:
         self.messages.labels(RESULT_BY_CLASS.get(str(code)[0], "other"), str(code)).inc()

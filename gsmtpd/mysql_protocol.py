@@ -12,6 +12,8 @@ MariaDB bulk extensions, so that MySQL works too):
 - COM_STMT_EXECUTE  https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_com_stmt_execute.html
                     https://mariadb.com/kb/en/com_stmt_execute/
 - COM_STMT_CLOSE    https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_com_stmt_close.html
+- COM_STMT_SEND_LONG_DATA https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_com_stmt_send_long_data.html
+                    https://mariadb.com/kb/en/com_stmt_send_long_data/
 
 Parameter values travel as length-prefixed bytes: nothing is escaped on our side and the
 server lexes no string literal, which for a 1 MiB message is most of the work of an INSERT.
@@ -28,7 +30,7 @@ import pymysql
 from pymysql.constants import CLIENT, COMMAND, CR
 from pymysql.protocol import OKPacketWrapper
 
-from .store import Blob
+from .store import Blob, Utf8Text
 
 # Field types of the "parameter types" of COM_STMT_EXECUTE (enum_field_types in mysql_com.h;
 # https://mariadb.com/kb/en/result-set-packets/#field-types). The server converts a string
@@ -62,12 +64,21 @@ class Statement(NamedTuple):
     param_count: int
 
 
+class LongValue(NamedTuple):
+    """A parameter sent ahead of COM_STMT_EXECUTE with COM_STMT_SEND_LONG_DATA."""
+    param: int          # its number in the row
+    pieces: tuple       # the value's bytes, as pieces (no length prefix)
+    size: int
+
+
 class Row(NamedTuple):
     """One row's parameters in wire form, ready to be put into a COM_STMT_EXECUTE."""
     types: bytes        # two bytes per parameter: field type, flag
     nulls: int          # bit i set: parameter i is NULL (it then has no value bytes)
     values: list        # bytes-like pieces, the values one after the other
     size: int           # what the row adds to the COM_STMT_EXECUTE payload
+    long: tuple = ()    # LongValues: sent before the execute, not in it
+    long_size: int = 0  # their bytes
 
 
 # --- values ("Binary Protocol Value": https://mariadb.com/kb/en/com_stmt_execute/#binary-parameter-encoding,
@@ -127,6 +138,8 @@ def encode_value(value: object) -> tuple[bytes, tuple[bytes, ...] | None]:
     """(parameter type, value pieces); None for NULL, which is a bit of the NULL bitmap."""
     if isinstance(value, str):
         return STRING_TYPE, _string_value(value.encode("utf-8", "replace"))
+    if isinstance(value, Utf8Text):
+        return STRING_TYPE, _blob_value(value)
     if isinstance(value, Blob):
         return BLOB_TYPE, _blob_value(value)
     if isinstance(value, bytes):
@@ -158,11 +171,14 @@ _ENCODERS = {
     float: lambda value: (DOUBLE_TYPE, (struct.pack("<d", value),)),
     datetime.datetime: lambda value: (DATETIME_TYPE, (_datetime_value(value),)),
     Blob: lambda value: (BLOB_TYPE, _blob_value(value)),
+    # Declared as text_type. The body is one part: short, it is joined with its length
+    # prefix into one piece, as a str's would be.
+    Utf8Text: lambda value: (STRING_TYPE, _string_value(value[0]) if len(value) == 1 else _blob_value(value)),
 }
 
 
 def encode_row(values: Iterable[object], shared: dict[int, tuple] | None = None,
-               text_type: bytes = STRING_TYPE) -> Row:
+               text_type: bytes = STRING_TYPE, long_from: int | None = None) -> Row:
     """A row's parameters in wire form. ``shared`` maps id(text) to the encoding of a long
     text that several rows hold (a message's body, in the row of each recipient), so it is
     encoded to UTF-8 once. The caller keeps those values alive while the dict is in use.
@@ -171,9 +187,15 @@ def encode_row(values: Iterable[object], shared: dict[int, tuple] | None = None,
     character_set_client into the column's charset, a character at a time even when both
     are utf8mb4: MariaDB 10.11 spent 1.5-2.5 ms more CPU a MiB than for the same bytes as
     BLOB_TYPE (bench/README.md). BLOB_TYPE is right only for utf8mb4 columns: the UTF-8
-    bytes are stored as they are (still checked to be well-formed)."""
+    bytes are stored as they are (still checked to be well-formed).
+
+    A text or blob value of ``long_from`` bytes or more becomes a LongValue: sent with
+    COM_STMT_SEND_LONG_DATA, it needs to fit in max_allowed_packet alone, not together
+    with the rest of its row (a 9 MiB message and its 9 MiB body)."""
     types: list[bytes] = []
     pieces: list = []
+    long: list[LongValue] = []
+    long_size = 0
     nulls = 0
     for number, value in enumerate(values):
         if type(value) is str and len(value) < 251:
@@ -195,13 +217,17 @@ def encode_row(values: Iterable[object], shared: dict[int, tuple] | None = None,
         types.append(text_type if kind is STRING_TYPE else kind)
         if value_pieces is None:
             nulls |= 1 << number
+        elif long_from is not None and len(value_pieces) > 1 and (
+                size := sum(map(len, value_pieces)) - len(value_pieces[0])) >= long_from:
+            long.append(LongValue(number, value_pieces[1:], size))   # without its length prefix
+            long_size += size
         else:
             pieces += value_pieces
     count = len(types)
     # Two type bytes per parameter, and the row's (count + 7) / 8 bytes of NULL bitmap: the
     # statement's bitmap, (all its parameters + 7) / 8 bytes, is never more than their sum.
     size = 2 * count + (count + 7) // 8 + sum(map(len, pieces))
-    return Row(b"".join(types), nulls, pieces, size)
+    return Row(b"".join(types), nulls, pieces, size, tuple(long), long_size)
 
 
 # --- commands
@@ -271,6 +297,7 @@ def execute(conn: pymysql.connections.Connection, statement: Statement, rows: li
         header += [_null_bitmap(rows, param_count), b"\x01", *(row.types for row in rows)]
     pieces = header + [piece for row in rows for piece in row.values]
     with _exchange(conn):
+        _send_long_values(conn, statement, rows)
         write_command(conn, pieces)
         packet = conn._read_packet()
         if not packet.is_ok_packet():
@@ -278,6 +305,36 @@ def execute(conn: pymysql.connections.Connection, statement: Statement, rows: li
         ok = OKPacketWrapper(packet)
         conn.server_status = ok.server_status
     return ok.affected_rows
+
+
+# A long value goes in commands of at most this many bytes: each is a packet of its own,
+# well under any max_allowed_packet that lets a value go long (MySQLBackend.long_from).
+LONG_DATA_CHUNK = 1 << 20
+
+
+def _send_long_values(conn: pymysql.connections.Connection, statement: Statement, rows: list[Row]) -> None:
+    """COM_STMT_SEND_LONG_DATA (0x18, statement_id int<4>, param_id int<2>, data) for each
+    long value, in chunks the server appends to the parameter; it answers none of them, and
+    the next COM_STMT_EXECUTE takes the value from there (and forgets it after). The
+    chunks are memoryviews of the session's buffers: nothing is copied."""
+    first = 0
+    for row in rows:
+        for value in row.long:
+            prefix = struct.pack("<BIH", COMMAND.COM_STMT_SEND_LONG_DATA, statement.id, first + value.param)
+            chunk: list = []
+            room = LONG_DATA_CHUNK
+            for piece in value.pieces:
+                view = memoryview(piece)
+                while view:
+                    part, view = view[:room], view[room:]
+                    chunk.append(part)
+                    room -= len(part)
+                    if not room:
+                        write_command(conn, [prefix, *chunk])
+                        chunk, room = [], LONG_DATA_CHUNK
+            if chunk:
+                write_command(conn, [prefix, *chunk])
+        first += len(row.types) // 2
 
 
 def _null_bitmap(rows: list[Row], param_count: int) -> bytes:

@@ -23,8 +23,8 @@ import pymysql
 from . import metrics, mysql_protocol
 from .members import Member, MemberSet, StoreAddress
 from .mysql_protocol import Row
-from .store import (COLUMNS, Backend, Blob, Pending, RowRefused, StoreMisconfigured, StoreUnreachable,
-                    TransientError, Verdict)
+from .store import (COLUMNS, Backend, Blob, Pending, RowRefused, StoreMisconfigured,
+                    StoreUnreachable, TransientError, Verdict, message_size)
 
 log = logging.getLogger("gsmtpd.store.mysql")
 
@@ -33,6 +33,38 @@ HASH = COLUMNS.index("hash")
 NOT_TEXT = {"date", "mail", "spam_score", "is_tls", "size", "has_attach"}
 INSERT_PREFIX = "INSERT INTO `new_mail` (" + ",".join(f"`{c}`" for c in COLUMNS) + ") VALUES "
 ROW_PLACEHOLDERS = "(" + ",".join("?" * len(COLUMNS)) + ")"
+# A message to N recipients crosses the wire once, while each recipient still gets a row
+# with the whole message in `mail` (users read it there): its mail and body are set once
+# as session variables, and its N rows are one INSERT that names them (shared_sql). The
+# server copies them from its memory. (INSERT ... SELECT from the first row, tried first,
+# made the server put every copy in an on-disk temporary table, and took shared locks
+# that deadlocked two workers' batches: W5 lost 81 of 100 messages to 451s.)
+# Messages under COPY_FROM bytes are sent row by row, as before: a shared message needs
+# the batch in a transaction, two round trips (BEGIN, COMMIT) that cost more than
+# resending 4 KB.
+COPY_FROM = 64 * 1024
+SHARED = {"mail": "@gsmtpd_mail", "body": "@gsmtpd_body"}
+SET_SHARED = ("SET " + ", ".join(f"{name} = ?" for name in SHARED.values())).encode()
+SHARED_COLUMNS = [COLUMNS.index(c) for c in SHARED]
+OWN_COLUMNS = [i for i, c in enumerate(COLUMNS) if c not in SHARED]
+
+
+@functools.lru_cache(maxsize=None)
+def shared_sql(rows: int) -> bytes:
+    """The INSERT of ``rows`` rows of one message, its mail and body from SET_SHARED's
+    variables; parameters: the OWN_COLUMNS of each row."""
+    row = "(" + ",".join(SHARED.get(c, "?") for c in COLUMNS) + ")"
+    return (INSERT_PREFIX + ",".join([row] * rows)).encode()
+
+
+# What a batch goes out as: runs of whole rows, one list per INSERT; and each message sent
+# once for several rows, as (its SET_SHARED values, its rows for shared_sql).
+BatchStatements = tuple[list[list[Row]], list[tuple[Row, list[Row]]]]
+# A text or blob value this long (or a quarter of max_allowed_packet, when that is less)
+# goes ahead of its INSERT with COM_STMT_SEND_LONG_DATA: then each value must fit in a
+# packet, not its whole row, so a 9 MiB message with its 9 MiB body fits in MariaDB's
+# default 16 MiB. Shorter values stay in the INSERT, as before (W4's 1 MiB mail).
+LONG_VALUE = 4 << 20
 # Room for the COM_STMT_EXECUTE header and the packet headers inside max_allowed_packet,
 # which bounds a command's whole payload, however many 16 MiB packets carry it
 # (https://mariadb.com/kb/en/0-packet/#packet-splitting).
@@ -46,7 +78,13 @@ PACKET_SLACK = 4096
 # its 2048 * 18 placeholders under a statement's limit of 65535.
 EXACT_ROWS = 32
 MAX_ROWS_PER_STATEMENT = 2048
-STATEMENT_CACHE = 40
+# --batch-max-bytes 0 (the default): a transaction on a Galera member is one write-set, held
+# whole in memory on every member and refused past wsrep_max_ws_size (2 GiB by default);
+# MySQL Group Replication refuses past 150 MB (group_replication_transaction_size_limit).
+# 64 MiB is far below both. A single server has no such limit.
+CLUSTER_MAX_BYTES = 64 << 20
+UNBOUNDED = 1 << 62
+STATEMENT_CACHE = 80          # 38 INSERTs, 38 of shared_sql and SET_SHARED at most
 
 # MySQL errors that say "this data will never fit": the row is refused, the batch goes on.
 PERMANENT = (pymysql.err.DataError, pymysql.err.IntegrityError)
@@ -142,7 +180,7 @@ def parts_by_bytes(batch: list[Pending], limit: int) -> list[list[int]]:
 class MySQLBackend(Backend):
     def __init__(self, host: str = "127.0.0.1", port: int = 3306, user: str = "root", password: str = "",
                  database: str = "gsmtpd", unix_socket: str | None = None, timeout: float = 7.5, *,
-                 address: StoreAddress | None = None, batch_max_bytes: int = 1 << 62,
+                 address: StoreAddress | None = None, batch_max_bytes: int = 0,
                  fail_back_after: float = 30.0):
         """One server by host/port/unix_socket, or the members of ``address`` (a store URL
         with several hosts, members.parse_mysql_url)."""
@@ -151,7 +189,7 @@ class MySQLBackend(Backend):
         self.params = dict(user=address.user, password=address.password, database=address.database,
                            charset="utf8mb4", autocommit=True, max_allowed_packet=1 << 30)
         self.timeout = timeout
-        self.batch_max_bytes = batch_max_bytes
+        self.configured_max_bytes = batch_max_bytes      # 0: CLUSTER_MAX_BYTES on Galera only
         self.members = MemberSet(address.members, fail_back_after)
         self.member: int | None = None       # index of the member self.conn talks to
         self.cluster = False                 # that member is a Galera node (wsrep_on)
@@ -279,6 +317,15 @@ class MySQLBackend(Backend):
         all_utf8mb4 = cur.fetchone()[0] == len(names)
         return mysql_protocol.BLOB_TYPE if all_utf8mb4 else mysql_protocol.STRING_TYPE
 
+    @property
+    def batch_max_bytes(self) -> int:
+        """The byte bound of one transaction: as configured, else CLUSTER_MAX_BYTES on a
+        Galera member and none on a single server, where a transaction is no write-set (and
+        a 9 MiB message to 100 recipients, 1.8 GB of rows, still commits: issue #15)."""
+        if self.configured_max_bytes:
+            return self.configured_max_bytes
+        return CLUSTER_MAX_BYTES if self.cluster else UNBOUNDED
+
     def row_limit(self) -> int:
         return min(self.max_packet - PACKET_SLACK, self.batch_max_bytes)
 
@@ -397,16 +444,18 @@ class MySQLBackend(Backend):
             except TransientError as exc:
                 log.warning("cannot return to a preferred member: %s", exc)
 
-    def _store(self, statements: list[list[Row]]) -> None:
+    def _store(self, statements: BatchStatements) -> None:
         """Insert and commit. One statement is committed by itself (autocommit): its OK
-        packet, one round trip after it was sent, says the rows are stored. Several run in
-        a transaction, so that a batch is never half stored."""
-        if len(statements) == 1:
-            prepared = self.statements.get(insert_sql(len(statements[0])))
+        packet, one round trip after it was sent, says the rows are stored. Several, or a
+        message sent once for several rows (SET_SHARED, shared_sql), run in a transaction,
+        so that a batch is never half stored."""
+        inserts, shared = statements
+        if len(inserts) == 1 and not shared:
+            prepared = self.statements.get(insert_sql(len(inserts[0])))
             self.committing = True
-            mysql_protocol.execute(self.conn, prepared, statements[0])
+            mysql_protocol.execute(self.conn, prepared, inserts[0])
             return
-        if statements:
+        if inserts or shared:
             self.conn.begin()
             self._execute(statements)
             self._commit()
@@ -454,36 +503,50 @@ class MySQLBackend(Backend):
             log.info("idle MySQL connection was closed by the server; reconnecting")
             self.connect()
 
-    def _statements(self, batch: list[Pending], verdicts: list[Verdict]) -> list[list[Row]]:
+    def _statements(self, batch: list[Pending], verdicts: list[Verdict]) -> BatchStatements:
         """The rows of the batch's messages, grouped as the statements that insert them:
-        runs that each fit in one COM_STMT_EXECUTE (under max_allowed_packet), each cut in
-        the sizes of statement_sizes. A message too big for any is refused alone (its
-        verdict is set here), before anything is sent."""
+        runs of at most max_allowed_packet bytes (a row with long values may be a run of its
+        own above it), each cut in the sizes of statement_sizes; and, apart, each message
+        of COPY_FROM bytes or more to several recipients as (its mail and body for
+        SET_SHARED, its rows without them for shared_sql). A message too big for any
+        statement is refused alone (its verdict is set here), before anything is sent."""
         limit = self.row_limit()
         statements: list[list[Row]] = []
+        shared: list[tuple[Row, list[Row]]] = []
         run: list[Row] = []
         run_size = 0
         for index, pending in enumerate(batch):
             if verdicts[index] is not Verdict.STORED:
                 continue
             try:
-                rows = self._rows(pending, limit)
+                if message_bytes(pending) > self.batch_max_bytes:
+                    # Its N rows are one write-set however they cross the wire.
+                    raise RowRefused(Verdict.TOO_BIG, f"message rows > batch_max_bytes ({self.batch_max_bytes})")
+                if len(pending.rows) > 1 and message_size(pending.rows) >= COPY_FROM:
+                    shared.append(self._shared(pending, limit))
+                    continue
+                rows = self._rows(pending.rows, limit)
             except RowRefused as refused:
                 verdicts[index] = refused.verdict
                 continue
             for row in rows:
-                if run and (run_size + row.size > limit or len(run) == MAX_ROWS_PER_STATEMENT):
+                if run and (run_size + row.size + row.long_size > limit or len(run) == MAX_ROWS_PER_STATEMENT):
                     statements += _split(run)
                     run, run_size = [], 0
                 run.append(row)
-                run_size += row.size
+                run_size += row.size + row.long_size
         if run:
             statements += _split(run)
-        return statements
+        return statements, shared
 
-    def _execute(self, statements: list[list[Row]]) -> None:
-        for rows in statements:
+    def _execute(self, statements: BatchStatements) -> None:
+        inserts, shared = statements
+        for rows in inserts:
             mysql_protocol.execute(self.conn, self.statements.get(insert_sql(len(rows))), rows)
+        for values, rows in shared:
+            mysql_protocol.execute(self.conn, self.statements.get(SET_SHARED), [values])
+            for statement in _split(rows):
+                mysql_protocol.execute(self.conn, self.statements.get(shared_sql(len(statement))), statement)
 
     def _insert_one_by_one(self, batch: list[Pending], verdicts: list[Verdict]) -> None:
         """A savepoint per message: its rows may take more than one statement, and when a
@@ -501,16 +564,21 @@ class MySQLBackend(Backend):
                     cur.execute("ROLLBACK TO SAVEPOINT one_message")
                     verdicts[index] = Verdict.REFUSED
 
-    def _rows(self, pending: Pending, limit: int) -> list[Row]:
-        """The message's rows in wire form; the body and the raw mail, shared by every row
-        of a message, are encoded once."""
+    def _rows(self, rows: list[tuple], limit: int) -> list[Row]:
+        """Rows in wire form; a body shared by several rows is encoded once."""
+        long_from = min(LONG_VALUE, self.max_packet // 4)
         shared: dict[int, tuple] = {}
-        rows = []
-        for values in pending.rows:
-            row = mysql_protocol.encode_row(values, shared, self.text_type)
-            if row.size > limit:
-                raise RowRefused(Verdict.TOO_BIG, f"row of {row.size} bytes > max_allowed_packet")
-            rows.append(row)
-        if sum(row.size for row in rows) > self.batch_max_bytes:
-            raise RowRefused(Verdict.TOO_BIG, f"message rows > batch_max_bytes ({self.batch_max_bytes})")
-        return rows
+        encoded = []
+        for values in rows:
+            row = mysql_protocol.encode_row(values, shared, self.text_type, long_from)
+            if row.size > limit or any(value.size > limit for value in row.long):
+                raise RowRefused(Verdict.TOO_BIG, f"row of {row.size + row.long_size} bytes > max_allowed_packet")
+            encoded.append(row)
+        return encoded
+
+    def _shared(self, pending: Pending, limit: int) -> tuple[Row, list[Row]]:
+        """A message's mail and body once (SET_SHARED), and each of its rows without them."""
+        first = pending.rows[0]
+        values = self._rows([[first[i] for i in SHARED_COLUMNS]], limit)[0]
+        return values, [mysql_protocol.encode_row([row[i] for i in OWN_COLUMNS], None, self.text_type)
+                        for row in pending.rows]

@@ -89,6 +89,9 @@ DATA_TIMEOUT = reply(421, "4.4.2", "Timeout during DATA, closing connection")
 # RFC 5321 4.5.3.1.10: too many recipients is a transient 452; the client sends the rest later.
 TOO_MANY_RECIPIENTS = reply(452, "4.5.3", "Too many recipients")
 STORAGE_FAILED = reply(451, "4.3.0", "Temporary storage failure, try again later")
+# RFC 5321 4.2.3 / RFC 3463 4.3.1 "mail system full"; RFC 1870 6.2: 452 for a SIZE that
+# cannot be taken now. The worker's byte budget (budget.py) is busy: the sender retries.
+INSUFFICIENT_STORAGE = reply(452, "4.3.1", "Insufficient system storage, try again later")
 
 # --- 5xx: permanent
 UNKNOWN_COMMAND = reply(500, "5.5.2", "Command not recognized")

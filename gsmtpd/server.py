@@ -25,6 +25,7 @@ from gevent.server import StreamServer
 
 from . import replies as R
 from .address import AllowedHosts
+from .budget import Budget, return_freed_messages
 from .config import ListenerSpec, listeners
 from .limits import SharedAddressCounts
 from .runners import Runners
@@ -104,6 +105,8 @@ class Server:
         self.accepting = False
         self.watchdog = None         # a repeating libev timer while serving
         self.runners = Runners(self.handle)
+        self.budget = Budget(config.memory_budget)   # bytes of mail this worker may hold
+        return_freed_messages()
         self.apply(config)
 
     def apply(self, config) -> None:
@@ -113,6 +116,7 @@ class Server:
         self.allowed_hosts = AllowedHosts(config.allowed_hosts)
         self.tls = tls_context(config)
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in config.trusted_networks]
+        self.budget.resize(config.memory_budget)
         if self.watchdog is not None:
             self._start_watchdog()
 

@@ -19,8 +19,9 @@ from gevent.socket import wait_read
 from . import metrics
 from . import replies as R
 from .address import parse_helo, parse_path
+from .budget import cost
 from .config import ListenerSpec
-from .envelope import Envelope, Recipient, build_rows, new_queue_id
+from .envelope import Envelope, Recipient, build_rows, held_bytes, new_queue_id
 from .store import Verdict
 from .proxy import ProxyError, read_header
 from .wire import ConnectionClosed, Expired, LineTooLong, Wire
@@ -70,6 +71,7 @@ class Session:
         self.is_tls = False
         self.envelope: Envelope | None = None
         self.errors = 0
+        self.chunks_held = None          # budget.Reservation of pending BDAT chunks (first BDAT)
         self.messages = 0
         self.closing = False
         self.reading_command = False
@@ -112,6 +114,7 @@ class Session:
             self._flush_quietly()
         finally:
             metrics.M.connections_open.dec()
+            self._release_chunks()
             if self.admitted:
                 self.server.release(self.ip)
             # One line per connection, when it ends (the bench showed logging at ~8% of CPU).
@@ -232,6 +235,7 @@ class Session:
             self.reply(R.EHLO_SYNTAX if esmtp else R.HELO_SYNTAX)
             return None
         self.helo, self.esmtp, self.envelope = self.xclient_helo or name, esmtp, None
+        self._release_chunks()
         return name
 
     def extensions(self) -> tuple[str, ...]:
@@ -289,6 +293,7 @@ class Session:
         # Postfix XCLIENT_README: the session starts over with a new greeting.
         self.xclient_helo = attributes.get("HELO")
         self.helo, self.esmtp, self.envelope = None, False, None
+        self._release_chunks()
         self.reply(R.greeting(self.config.hostname))
 
     def smtp_RSET(self, argument: str) -> None:
@@ -296,6 +301,7 @@ class Session:
             self.reply(R.NO_ARGUMENTS)
             return
         self.envelope = None
+        self._release_chunks()
         self.reply(R.RESET_OK)
 
     def smtp_NOOP(self, argument: str) -> None:
@@ -345,7 +351,8 @@ class Session:
             # RFC 1870 section 3: size-value ::= 1*20DIGIT, ASCII digits only.
             if value is None or not (value.isascii() and value.isdigit()):
                 return R.SYNTAX_ERROR
-            return R.TOO_BIG if int(value) > self.config.max_size else None
+            envelope.size = int(value)
+            return self.server.budget.check_size(envelope.size, self.config.max_size)
         if key == "BODY":
             # RFC 6152: 8BITMIME is taken and stored as it comes; nothing to convert.
             # RFC 3030 3: so is BINARYMIME, which then must come by BDAT.
@@ -377,7 +384,11 @@ class Session:
             self.reply(R.RELAY_DENIED)
             return
         # RFC 5321 4.5.3.1.8 / 4.5.3.1.10: a limit on recipients answers 452, not 5xx.
-        if len(envelope.recipients) >= self.config.max_recipients:
+        # Each recipient's row holds the whole message and its body: a message declared big
+        # may have only so many (one always), or its commit would outlast the save timeout.
+        rows_bytes = (len(envelope.recipients) + 1) * cost(envelope.size)
+        if len(envelope.recipients) >= self.config.max_recipients or (
+                envelope.recipients and rows_bytes > self.config.max_stored_bytes):
             self.reply(R.TOO_MANY_RECIPIENTS)
             return
         mailbox = self.mailbox(path.local, path.domain)
@@ -406,13 +417,24 @@ class Session:
             return
         envelope, self.envelope = self.envelope, None
         self.reply(R.START_DATA)
-        # RFC 5321 4.5.3.2.5-6: a deadline for each read and one for the whole DATA phase.
-        keep = self.server.store.largest_message(self.config.max_size)
-        try:
-            data = self.wire.read_data(keep, self.config.data_timeout, self.config.bare_lf)
-        except (socket.timeout, Expired):
-            raise Hangup(R.DATA_TIMEOUT, discard_queued=True) from None
-        if data.message is None:
+        keep = min(self.server.store.largest_message(self.config.max_size), self.server.budget.largest_message())
+        # The message's bytes count against the worker's budget until its reply, on every path.
+        with self.server.budget.hold() as held:
+            # RFC 5321 4.5.3.2.5-6: a deadline for each read and one for the whole DATA phase.
+            try:
+                data = self.wire.read_data(keep, self.config.data_timeout, self.config.bare_lf, held.room)
+            except (socket.timeout, Expired):
+                raise Hangup(R.DATA_TIMEOUT, discard_queued=True) from None
+            reply = self.data_reply(envelope, data, keep, held)
+        metrics.M.message(reply.code, data.size, len(envelope.recipients))
+        self.reply(reply)
+
+    def data_reply(self, envelope: Envelope, data, keep: int, held) -> R.Reply:
+        """The reply after the final dot; ``held`` is the message's budget.Reservation."""
+        if held.refused and data.size <= keep:
+            reply = R.INSUFFICIENT_STORAGE
+            log.info("refused ip=%s from=<%s> size=%d reply=%s", self.ip, envelope.sender, data.size, reply.text)
+        elif data.message is None:
             # RFC 1870 6.1: over the advertised SIZE; or within it but more than the
             # database takes in one row (max_allowed_packet).
             reply = R.TOO_BIG if data.size > self.config.max_size else R.TOO_BIG_TO_STORE
@@ -421,9 +443,8 @@ class Session:
             log.info("refused ip=%s from=<%s> size=%d reply=550 bare LF", self.ip, envelope.sender, data.size)
             reply = R.BARE_LF
         else:
-            reply = self.deliver(envelope, data.message, data.crlf_only)
-        metrics.M.message(reply.code, data.size, len(envelope.recipients))
-        self.reply(reply)
+            reply = self.deliver(envelope, data.message, data.crlf_only, held)
+        return reply
 
     def smtp_BDAT(self, argument: str) -> None:
         """RFC 3030 CHUNKING: ``BDAT <size> [LAST]`` and then exactly that many octets, as
@@ -450,14 +471,21 @@ class Session:
         elif time.monotonic() > envelope.chunks_deadline:
             raise Hangup(R.DATA_TIMEOUT, discard_queued=True)
         total = len(envelope.chunks) + size
-        keep = self.server.store.largest_message(self.config.max_size)
-        if total > keep:
+        keep = min(self.server.store.largest_message(self.config.max_size), self.server.budget.largest_message())
+        # The chunks count against the worker's byte budget as DATA does (budget.py), from
+        # the first chunk until the transaction's reply: a chunk the budget cannot take now
+        # is read and dropped and gets 452 4.3.1, and the sender retries later.
+        if total > keep or self._chunks_held().room(total) < total:
             # Over the limit, counted over all chunks: this one is read and dropped, the
             # transaction ends, and chunks still in the pipeline meet "need MAIL" (503).
             self.envelope = None
             envelope.chunks = None
+            self._release_chunks()
             self._read_chunk(size, None, envelope.chunks_deadline)
-            reply = R.TOO_BIG if total > self.config.max_size else R.TOO_BIG_TO_STORE
+            if total <= keep:
+                reply = R.INSUFFICIENT_STORAGE
+            else:
+                reply = R.TOO_BIG if total > self.config.max_size else R.TOO_BIG_TO_STORE
             log.info("refused ip=%s from=<%s> size=%d reply=%s", self.ip, envelope.sender, total, reply.text)
             metrics.M.message(reply.code, total, len(envelope.recipients))
             self.reply(reply)
@@ -467,10 +495,27 @@ class Session:
             self.reply(R.chunk_received(size))
             return
         self.envelope = None
-        # Binary data: bare CR and LF are content, not line ends (crlf_only=False).
-        reply = self.deliver(envelope, bytes(envelope.chunks))
+        message, envelope.chunks = bytes(envelope.chunks), None
+        try:
+            # Binary data: bare CR and LF are content, not line ends (crlf_only=False).
+            reply = self.deliver(envelope, message, held=self.chunks_held)
+        finally:
+            self._release_chunks()
         metrics.M.message(reply.code, total, len(envelope.recipients))
         self.reply(reply)
+
+    def _chunks_held(self):
+        """The budget.Reservation of the BDAT chunks of this session's transaction."""
+        if self.chunks_held is None:
+            self.chunks_held = self.server.budget.hold()
+        return self.chunks_held
+
+    def _release_chunks(self) -> None:
+        """The transaction's chunks are gone (delivered, refused, RSET, HELO, XCLIENT, the
+        end of the session): so is their budget."""
+        if self.chunks_held is not None:
+            self.chunks_held.release()
+            self.chunks_held = None      # a refused reservation stays refused: the next is new
 
     def _bdat_problem(self, envelope: Envelope | None) -> R.Reply | None:
         if self.helo is None:
@@ -489,15 +534,20 @@ class Session:
         except (socket.timeout, Expired):
             raise Hangup(R.DATA_TIMEOUT, discard_queued=True) from None
 
-    def deliver(self, envelope: Envelope, message: bytes, crlf_only: bool = False) -> R.Reply:
+    def deliver(self, envelope: Envelope, message: bytes, crlf_only: bool = False, held=None) -> R.Reply:
         queue_id = new_queue_id()
         now = time.time()
         rows = build_rows(envelope, message, queue_id=queue_id, now=now, ip=self.ip,
                           helo=self.helo or "", hostname=self.config.hostname,
                           is_tls=self.is_tls, prefer=self.config.prefer, crlf_only=crlf_only,
                           esmtp=self.esmtp)
-        verdict = self.server.store.save(rows)
-        reply = R.queued(queue_id) if verdict is Verdict.STORED else VERDICT_REPLIES[verdict]
+        if held is not None and not held.settle(held_bytes(rows)):
+            # Its decoded body came out longer than budgeted, and there is no room for it.
+            self.server.budget.refused()
+            verdict, reply = None, R.INSUFFICIENT_STORAGE
+        else:
+            verdict = self.server.store.save(rows)
+            reply = R.queued(queue_id) if verdict is Verdict.STORED else VERDICT_REPLIES[verdict]
         if verdict is Verdict.STORED:
             self.messages += 1
         log.info("message id=%s ip=%s from=<%s> to=%s size=%d reply=%s", queue_id, self.ip,

@@ -11,7 +11,8 @@ import sqlite3
 
 from gevent import get_hub
 
-from .store import COLUMNS, Backend, Blob, Pending, StoreMisconfigured, TransientError, Verdict
+from .store import (COLUMNS, MAIL, PER_RECIPIENT, Backend, Blob, Pending, StoreMisconfigured, TransientError,
+                    Utf8Text, Verdict, value_size)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS new_mail (
@@ -39,9 +40,12 @@ CREATE INDEX IF NOT EXISTS new_mail_to ON new_mail ("to");
 CREATE INDEX IF NOT EXISTS new_mail_date ON new_mail (date);
 """
 
-def plain(row: tuple) -> tuple:
-    """sqlite3 binds bytes, not our parts: join a Blob here, in the writer's thread."""
-    return tuple(value.join() if isinstance(value, Blob) else value for value in row)
+def bindable(value):
+    """sqlite3 binds bytes and str, not our parts. The body's UTF-8 goes as it is (the
+    INSERT casts it to TEXT): no str of it is made here."""
+    if isinstance(value, Utf8Text):
+        return value.join()          # one part: the same bytes object, not a copy
+    return value.join() if isinstance(value, Blob) else value
 
 
 _FAILED = object()
@@ -54,8 +58,32 @@ def _capture(func, *args):
         return _FAILED, exc
 
 
-INSERT = "INSERT INTO new_mail (" + ",".join(f'"{c}"' for c in COLUMNS) + ") VALUES (" \
-         + ",".join("?" * len(COLUMNS)) + ")"
+# The mail goes in as a zeroblob of its length, then is written part by part through
+# incremental blob I/O: the message is not joined with its Received header into a copy.
+_PLACEHOLDER = {"mail": "zeroblob(?)", "body": "CAST(? AS TEXT)"}
+INSERT = ("INSERT INTO new_mail (" + ",".join(f'"{c}"' for c in COLUMNS) + ") VALUES ("
+          + ",".join(_PLACEHOLDER.get(c, "?") for c in COLUMNS) + ")")
+# A message to several recipients is bound once: its first row is inserted, and the
+# others are copied from it (as in mysql_store), each with its own PER_RECIPIENT columns.
+COPY = ("INSERT INTO new_mail (" + ",".join(f'"{c}"' for c in COLUMNS) + ") SELECT "
+        + ",".join("?" if c in PER_RECIPIENT else f'"{c}"' for c in COLUMNS) + " FROM new_mail WHERE hash = ?")
+COPIED = [COLUMNS.index(c) for c in PER_RECIPIENT]
+HASH = COLUMNS.index("hash")
+
+
+def insert(conn: sqlite3.Connection, rows: list[tuple]) -> None:
+    """One message's rows: the first whole, the others copied from it."""
+    first = rows[0]
+    mail = first[MAIL]
+    values = [bindable(value) for value in first]
+    values[MAIL] = value_size(mail)
+    rowid = conn.execute(INSERT, values).lastrowid
+    if values[MAIL]:
+        with conn.blobopen("new_mail", "mail", rowid) as blob:
+            for part in (mail if isinstance(mail, Blob) else (mail,)):
+                blob.write(part)
+    if len(rows) > 1:
+        conn.executemany(COPY, ([row[i] for i in COPIED] + [rows[0][HASH]] for row in rows[1:]))
 
 
 class SQLiteBackend(Backend):
@@ -109,14 +137,19 @@ class SQLiteBackend(Backend):
         conn = self.conn
         verdicts = [Verdict.STORED] * len(batch)
         try:
-            conn.executemany(INSERT, (plain(row) for pending in batch for row in pending.rows))
+            for pending in batch:
+                insert(conn, pending.rows)
         except sqlite3.IntegrityError:
             conn.rollback()
+            conn.execute("BEGIN")    # the savepoints nest in it: RELEASE does not commit
             for index, pending in enumerate(batch):
+                conn.execute("SAVEPOINT one_message")
                 try:
-                    conn.executemany(INSERT, map(plain, pending.rows))
+                    insert(conn, pending.rows)
                 except sqlite3.IntegrityError:
+                    conn.execute("ROLLBACK TO one_message")
                     verdicts[index] = Verdict.REFUSED
+                conn.execute("RELEASE one_message")
         except BaseException:
             conn.rollback()
             raise

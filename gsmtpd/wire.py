@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from gevent.hub import get_hub
 
@@ -178,7 +179,8 @@ class Wire:
                 self.buf += chunk[end + 1:]
                 return
 
-    def read_data(self, max_size: int, seconds: float, bare_lf: str = "normalize") -> Data:
+    def read_data(self, max_size: int, seconds: float, bare_lf: str = "normalize",
+                  room: Callable[[int], int] | None = None) -> Data:
         """Read the message up to <CRLF>.<CRLF> and undo dot-stuffing (RFC 5321 4.5.2).
 
         Returns the message and its size; the message is None when it grew past ``max_size``: the
@@ -188,6 +190,8 @@ class Wire:
         (Postfix 3.9 smtpd_forbid_bare_newline = normalize) a bare LF in the content is
         stored as CRLF; otherwise it is kept as sent and ``bare_lf`` says it was there.
         The whole message must arrive within ``seconds`` (raises Expired).
+        ``room(n)``, asked as the message passes what it allowed before: how long the
+        message may grow now (the byte budget, budget.Reservation.room); 0 drops the rest.
         """
         deadline = time.monotonic() + seconds
         data = bytearray(b"\r\n")
@@ -195,6 +199,7 @@ class Wire:
         self.buf.clear()
         # Stuffed dots add at most one octet per line; allow a little for them before cutting.
         keep_limit = max_size + max_size // 32 + 1024
+        limit = keep_limit if room is None else min(keep_limit, room(len(data)))
         dropped = 0
         scan_from = 0
         stuffed = False
@@ -212,10 +217,13 @@ class Wire:
                     return Data(None, dropped + end)
                 del data[end + 2:]
                 return self._unstuff(data, bare_lf, max_size, stuffed)
-            if len(data) > keep_limit:
-                # Too big: keep only the tail that could start the terminator.
+            if len(data) > limit and room is not None and not dropped and len(data) <= keep_limit:
+                limit = min(keep_limit, room(len(data)))
+            if len(data) > limit:
+                # Too big, or no room: keep only the tail that could start the terminator.
                 dropped += len(data) - 4
                 del data[:-4]
+                limit = 0 if room is not None else keep_limit
             scan_from = max(0, len(data) - 4)
             data += self._recv(deadline)
 

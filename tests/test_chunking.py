@@ -189,3 +189,40 @@ def test_binary_chunks_are_stored_byte_exact_in_mariadb(mysql_store, gsmtpd_serv
     message, row = stored_message(mysql_store, queued.group(1))
     assert message == b"".join(chunks)
     assert row["subject"] == "binary" and row["size"] == len(message)
+
+
+def test_chunks_count_against_the_memory_budget_until_the_transaction_ends(sqlite_store, gsmtpd_server):
+    """BDAT chunks are held against --memory-budget as DATA is (issue #15): with three
+    sessions each holding a 9 MiB chunk (18 MiB of budget each, of the 56 MiB big messages
+    may use), a fourth's chunk does not fit and gets 452 4.3.1 (read and dropped, so its
+    session stays in step). A holder's RSET, and a holder going away, free its budget."""
+    server = gsmtpd_server(sqlite_store, memory_budget=64 << 20, workers=1)
+    big = b"Subject: held\r\n\r\n" + b"x" * (9 << 20)
+
+    def holder():
+        client = server.raw()
+        assert client.reply().startswith("220 ")
+        client.command("EHLO holder.example")
+        client.send(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@test.org>\r\nBDAT %d\r\n" % len(big) + big)
+        assert [client.reply() for _ in range(3)][2] == f"250 2.0.0 {len(big)} octets received"
+        return client
+
+    holders = [holder() for _ in range(3)]
+    late = server.raw()
+    assert late.reply().startswith("220 ")
+    late.command("EHLO late.example")
+    late.send(b"MAIL FROM:<carol@example.org>\r\nRCPT TO:<bob@test.org>\r\n" + bdat([big, b"tail"]) + b"NOOP\r\n")
+    assert [late.reply() for _ in range(5)][2:] == [
+        "452 4.3.1 Insufficient system storage, try again later", "503 5.5.1 Need MAIL command first",
+        "250 2.0.0 OK"]
+    assert holders[0].command("RSET").startswith("250 ")
+    queued = QUEUED.match(send_chunked(late, [big, b"tail"]))
+    assert queued and stored_message(sqlite_store, queued.group(1))[0] == big + b"tail"
+    holders[1].close()
+    server.wait_log(r"disconnect ip=127\.0\.0\.1 messages=0 errors=0")
+    holders.append(holder())     # holders 2 and 3 hold 36 MiB: 18 more fit only if 1 let go
+    queued = QUEUED.match(send_chunked(late, [big, b"tail"]))
+    assert queued and stored_message(sqlite_store, queued.group(1))[0] == big + b"tail"
+    for client in holders[2:]:
+        queued = QUEUED.match(client.command(b"BDAT 4 LAST\r\ntail"))
+        assert queued and stored_message(sqlite_store, queued.group(1))[0] == big + b"tail"

@@ -164,11 +164,10 @@ def test_one_row_over_the_packet_limit_is_too_big_alone(backend, mysql_store):
     if backend.max_packet > 64 << 20:
         pytest.skip(f"max_allowed_packet is {backend.max_packet}: too big to exceed cheaply")
     limit = backend.row_limit()
-    # A row exactly at the limit still goes (the slack holds the statement's own header);
-    # one byte more and it is refused before anything is sent.
-    probe = mysql_protocol.encode_row(make_row(new_hash(), mail=b""))
-    fitting = b"F" * (limit - probe.size - 3)       # 3: the longer length prefix of a big value
-    assert mysql_protocol.encode_row(make_row(new_hash(), mail=fitting)).size == limit
+    # Long values go ahead of the INSERT (COM_STMT_SEND_LONG_DATA): each must fit in a
+    # packet, not the row. A mail of exactly the limit goes; one byte more and the row is
+    # refused before anything is sent.
+    fitting = b"F" * limit
     hashes = [new_hash() for _ in range(4)]
     verdicts = backend.write([pending(make_row(hashes[0])),
                               pending(make_row(hashes[1], mail=fitting)),
@@ -179,6 +178,20 @@ def test_one_row_over_the_packet_limit_is_too_big_alone(backend, mysql_store):
     assert stored.keys() == {hashes[0], hashes[1], hashes[3]}
     assert stored[hashes[1]] == len(fitting)
     assert backend.row_limit() == backend.max_packet - PACKET_SLACK
+
+
+def test_a_row_whose_mail_and_body_together_pass_the_packet_limit_is_stored(backend, mysql_store):
+    """A 9 MiB message with its 9 MiB body: 18 MiB of row in a 16 MiB max_allowed_packet.
+    Each value goes as long data on its own, so the row is stored whole."""
+    if backend.max_packet > 64 << 20:
+        pytest.skip(f"max_allowed_packet is {backend.max_packet}: too big to exceed cheaply")
+    size = backend.row_limit() * 3 // 4
+    raw = os.urandom(size)
+    body = "b" * size
+    row_hash = new_hash()
+    assert backend.write([pending(make_row(row_hash, mail=Blob((b"R\r\n", raw)), body=body))]) == [Verdict.STORED]
+    row = mysql_store.rows()[0]
+    assert (row["hash"], bytes(row["mail"]), row["body"]) == (row_hash, b"R\r\n" + raw, body)
 
 
 def test_rows_too_many_for_one_packet_go_as_several_statements(backend, mysql_store):
@@ -299,3 +312,27 @@ def test_a_connection_lost_during_a_lone_insert_is_checked_and_the_writer_goes_o
         store.close()
         proxy.stop()
     assert mysql_store.count() == 3
+
+
+def test_a_message_to_several_recipients_sends_its_mail_once_and_a_refused_one_leaves_no_rows(backend, mysql_store):
+    """Big messages to several recipients go as one SET of their mail and body and one
+    INSERT naming them; a batch redone message by message after a refusal keeps each
+    message whole: all of its rows, or none."""
+    raw = os.urandom(200_000)
+    body = "body " * 40_000
+    taken = new_hash()
+    first = pending(*(make_row(h, to=f"a{n}@test.org", mail=Blob((b"R\r\n", raw)), body=body)
+                      for n, h in enumerate([new_hash(), taken, new_hash()])))
+    clash = pending(*(make_row(h, to=f"b{n}@test.org", mail=Blob((b"R\r\n", raw)), body=body)
+                      for n, h in enumerate([new_hash(), taken])))      # its second row repeats a hash
+    small = pending(make_row(new_hash(), to="c@test.org"))
+    executes = session_status(backend.conn, "Com_stmt_execute")
+    assert backend.write([first, small]) == [Verdict.STORED] * 2
+    # The small message's INSERT, then the big one's SET and INSERT: three executes.
+    assert session_status(backend.conn, "Com_stmt_execute") - executes == 3
+    rows = mysql_store.rows()
+    assert sorted(r["to"] for r in rows) == ["a0@test.org", "a1@test.org", "a2@test.org", "c@test.org"]
+    assert all(bytes(r["mail"]) == b"R\r\n" + raw and r["body"] == body for r in rows if r["to"] != "c@test.org")
+    again = pending(make_row(new_hash(), to="d@test.org"))
+    assert backend.write([clash, again]) == [Verdict.REFUSED, Verdict.STORED]
+    assert sorted(r["to"] for r in mysql_store.rows() if r["to"][0] in "bd") == ["d@test.org"]
