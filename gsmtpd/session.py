@@ -13,13 +13,11 @@ import socket
 import ssl
 import time
 
-import gevent
-from gevent.socket import wait_read
-
 from . import metrics
 from . import replies as R
 from .address import parse_helo, parse_path
 from .config import ListenerSpec
+from .deadline import Clock
 from .envelope import Envelope, Recipient, build_rows, new_queue_id
 from .store import Verdict
 from .proxy import ProxyError, read_header
@@ -57,8 +55,9 @@ def shutting_down() -> Hangup:
 
 
 class Session:
-    def __init__(self, sock, address, server, listener: ListenerSpec):
-        self.wire = Wire(sock, server.config.timeout)
+    def __init__(self, sock, address, server, listener: ListenerSpec, clock: Clock):
+        self.clock = clock               # every wait of this connection, and its deadline
+        self.wire = Wire(sock, clock)
         self.sock = sock
         self.peer_ip = address[0] if isinstance(address, tuple) else str(address)
         self.ip = self.peer_ip           # the real client: after PROXY/XCLIENT, theirs
@@ -124,8 +123,11 @@ class Session:
         if self.listener.proxy_protocol:
             if not self.server.is_trusted(self.peer_ip):
                 raise ProxyError(f"PROXY header expected from untrusted peer {self.peer_ip}")
-            with gevent.Timeout(self.config.timeout, Hangup()):
-                real = read_header(self.sock)
+            try:
+                with self.clock.bounded(self.config.timeout):
+                    real = read_header(self.sock)
+            except socket.timeout:
+                raise Hangup() from None
             if real is not None:
                 self.ip = real[0]
         if not self.server.admit(self.ip):
@@ -139,19 +141,15 @@ class Session:
     def talks_early(self) -> bool:
         """RFC 5321 4.3.1 has the client wait for the greeting; spam bots often do not
         (Postfix postscreen's pregreet test)."""
-        if self.wire.buf:
-            return True
-        try:
-            wait_read(self.sock.fileno(), timeout=self.config.greet_pause)
-        except socket.timeout:
-            return False
-        return True
+        return bool(self.wire.buf) or not self.clock.quiet_for(self.sock, self.config.greet_pause)
 
     def start_tls(self) -> None:
         """TLS handshake on this connection; a failed one closes only this connection."""
         try:
-            with gevent.Timeout(self.config.timeout, Hangup()):
+            with self.clock.bounded(self.config.timeout):
                 self.sock = self.server.tls.wrap_socket(self.sock, server_side=True)
+        except socket.timeout:
+            raise Hangup() from None
         except (ssl.SSLError, OSError) as exc:
             log.info("TLS handshake failed ip=%s: %s", self.ip, exc)
             raise Hangup() from None
@@ -439,15 +437,15 @@ class Session:
         envelope = self.envelope
         problem = self._bdat_problem(envelope)
         if problem is not None:
-            self._read_chunk(size, None, time.monotonic() + self.config.data_timeout)
+            self._read_chunk(size, None, self.clock.phase(self.config.data_timeout))
             self.reply(problem)
             return
         if envelope.chunks is None:
             # RFC 5321 4.5.3.2.6: the DATA phase's deadline, here for all the chunks, so
             # a client cannot hold a transaction open with a tiny chunk now and then.
             envelope.chunks = bytearray()
-            envelope.chunks_deadline = time.monotonic() + self.config.data_timeout
-        elif time.monotonic() > envelope.chunks_deadline:
+            envelope.chunks_deadline = self.clock.phase(self.config.data_timeout)
+        elif self.clock.passed(envelope.chunks_deadline):
             raise Hangup(R.DATA_TIMEOUT, discard_queued=True)
         total = len(envelope.chunks) + size
         keep = self.server.store.largest_message(self.config.max_size)

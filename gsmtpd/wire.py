@@ -7,10 +7,11 @@ in order and in few packets.
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 
 from gevent.hub import get_hub
+
+from .deadline import Clock, Expired  # noqa: F401  (Expired: raised by the wire's reads)
 
 RECV_SIZE = 65536
 # RFC 5321 4.1.1.4: the end of mail data is <CRLF>.<CRLF>; with the CRLF that ends the
@@ -43,32 +44,22 @@ class ConnectionClosed(Exception):
     """The client went away."""
 
 
-class Expired(Exception):
-    """The deadline for this line or this DATA phase passed while the client was still
-    sending (a slow drip). A client that sends nothing, or reads nothing, is cut off by
-    the server's watchdog, which raises socket.timeout into the blocked session."""
-
-
 class LineTooLong(Exception):
     """A command line passed the limit; the rest of it up to LF was thrown away."""
 
 
 class Wire:
-    """``read_timeout``: the longest one blocking read or write may wait for the client.
+    """``clock``: the connection's deadlines (deadline.Clock). The socket itself has no
+    timeout: gevent would arm a timer for every read, which the bench showed costs more
+    than the read. Every wait on the socket is announced to the clock instead, whose
+    watchdog ends it when it lasts too long."""
 
-    The socket itself has no timeout: gevent would arm a timer for every read, which the
-    bench showed costs more than the read. Instead, before blocking, the wire notes in
-    ``expires`` when it must give up, and the server's watchdog (Server.cut_off_stalled)
-    raises socket.timeout into a session still blocked past that time.
-    """
-
-    def __init__(self, sock, read_timeout: float):
+    def __init__(self, sock, clock: Clock):
         self.sock = sock
-        self.read_timeout = read_timeout
+        self.clock = clock
         self.buf = bytearray()
         self.out: list[bytes] = []
         self.waiting = False         # blocked in recv with every reply sent
-        self.expires: float | None = None   # while blocked on the socket: when to give up
         self.hub = get_hub()
         # gevent's socket wraps a non-blocking socket and a watcher of its readiness. The
         # wire uses both itself (see _recv and flush), which skips gevent's Python wrapper
@@ -96,8 +87,8 @@ class Wire:
             # Replies are small and the socket buffer is nearly always free: one plain
             # send() does it. gevent's sendall() costs a getsockopt() per call (the bench
             # profile showed it), so it is only the fallback for a partial send. Either
-            # may wait for a client that does not read: the watchdog cuts that off.
-            self.expires = time.monotonic() + self.read_timeout
+            # may wait for a client that does not read: the clock cuts that off.
+            self.clock.block()
             try:
                 try:
                     sent = (self.raw or self.sock).send(data)
@@ -106,7 +97,7 @@ class Wire:
                 if sent < len(data):
                     self.sock.sendall(data[sent:])
             finally:
-                self.expires = None
+                self.clock.unblock()
             return True
         return False
 
@@ -114,10 +105,11 @@ class Wire:
 
     def _recv(self, deadline: float) -> bytes:
         """The next chunk. ``deadline`` is the whole line's or DATA phase's: a read that
-        returns after it raises Expired (a slow drip), and a wait past it, or past
-        read_timeout, is cut off by the watchdog."""
+        returns after it raises Expired (a slow drip), and a wait past it, or past the
+        clock's wait, is cut off (socket.timeout)."""
         replied = self.flush()
-        self.expires = min(deadline, time.monotonic() + self.read_timeout)
+        clock = self.clock
+        clock.block(deadline)
         self.waiting = True
         try:
             raw = self.raw
@@ -136,11 +128,10 @@ class Wire:
                         self.hub.wait(self.readable)
         finally:
             self.waiting = False
-            self.expires = None
+            clock.unblock()
         if not chunk:
             raise ConnectionClosed()
-        if time.monotonic() > deadline:
-            raise Expired()
+        clock.check(deadline)
         return chunk
 
     def discard_input(self) -> None:
@@ -151,7 +142,7 @@ class Wire:
         """One line without its line ending, within ``seconds``. A bare LF also ends a
         command line, as in Postfix; a line longer than ``limit`` octets raises LineTooLong
         after its rest has been read and dropped, without keeping it in memory."""
-        deadline = time.monotonic() + seconds
+        deadline = self.clock.phase(seconds)
         buf = self.buf
         scanned = 0
         while True:
@@ -189,7 +180,7 @@ class Wire:
         stored as CRLF; otherwise it is kept as sent and ``bare_lf`` says it was there.
         The whole message must arrive within ``seconds`` (raises Expired).
         """
-        deadline = time.monotonic() + seconds
+        deadline = self.clock.phase(seconds)
         data = bytearray(b"\r\n")
         data += self.buf
         self.buf.clear()
