@@ -23,6 +23,7 @@ from . import replies as R
 from .address import AllowedHosts
 from .config import ListenerSpec, listeners
 from .deadline import Clock, Watchdog
+from .frontdoor import FrontDoor
 from .limits import SharedAddressCounts
 from .runners import Runners
 from .session import Session, shutting_down
@@ -141,7 +142,7 @@ class Server:
                 self.refuse(sock, address[0], R.TOO_BUSY if self.accepting else R.SHUTTING_DOWN)
                 return
             clock = Clock(self.config.timeout, gevent.getcurrent())
-            session = Session(sock, address, self, spec, clock)
+            session = Session(FrontDoor(sock, address, self, spec, clock))
             self.sessions.add(session)
             self.watchdog.clocks.add(clock)
             try:
