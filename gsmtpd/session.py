@@ -19,7 +19,7 @@ from .address import parse_helo, parse_path
 from .envelope import Envelope, Recipient, build_rows, new_queue_id
 from .frontdoor import FrontDoor, Hangup
 from .store import Verdict
-from .wire import ConnectionClosed, Expired, LineTooLong
+from .wire import ConnectionClosed, Data, Expired, LineTooLong
 from .xclient import parse_xclient
 
 log = logging.getLogger("gsmtpd.session")
@@ -353,7 +353,7 @@ class Session:
             log.info("refused ip=%s from=<%s> size=%d reply=550 bare LF", self.door.ip, envelope.sender, data.size)
             reply = R.BARE_LF
         else:
-            reply = self.deliver(envelope, data.message, data.crlf_only)
+            reply = self.deliver(envelope, data)
         metrics.M.message(reply.code, data.size, len(envelope.recipients))
         self.reply(reply)
 
@@ -400,7 +400,7 @@ class Session:
             return
         self.envelope = None
         # Binary data: bare CR and LF are content, not line ends (crlf_only=False).
-        reply = self.deliver(envelope, bytes(envelope.chunks))
+        reply = self.deliver(envelope, Data(bytes(envelope.chunks), total))
         metrics.M.message(reply.code, total, len(envelope.recipients))
         self.reply(reply)
 
@@ -421,20 +421,19 @@ class Session:
         except (socket.timeout, Expired):
             raise Hangup(R.DATA_TIMEOUT, discard_queued=True) from None
 
-    def deliver(self, envelope: Envelope, message: bytes, crlf_only: bool = False) -> R.Reply:
+    def deliver(self, envelope: Envelope, message: Data) -> R.Reply:
         queue_id = new_queue_id()
         now = time.time()
         door = self.door
         rows = build_rows(envelope, message, queue_id=queue_id, now=now, ip=door.ip,
                           helo=self.helo or "", hostname=self.config.hostname,
-                          is_tls=door.is_tls, prefer=self.config.prefer, crlf_only=crlf_only,
-                          esmtp=self.esmtp)
+                          is_tls=door.is_tls, prefer=self.config.prefer, esmtp=self.esmtp)
         verdict = self.server.store.save(rows)
         reply = R.queued(queue_id) if verdict is Verdict.STORED else VERDICT_REPLIES[verdict]
         if verdict is Verdict.STORED:
             self.messages += 1
         log.info("message id=%s ip=%s from=<%s> to=%s size=%d reply=%s", queue_id, door.ip,
-                 envelope.sender, ",".join(r.address for r in envelope.recipients), len(message),
+                 envelope.sender, ",".join(r.address for r in envelope.recipients), message.size,
                  reply.text)
         return reply
 

@@ -34,6 +34,8 @@ _NOT_LINE_END = bytes(b for b in range(256) if b not in (10, 13))
 
 @dataclass(slots=True)
 class Data:
+    """A message as the wire read it, and what the reading learnt about it on the way: it
+    travels whole to envelope.build_rows, so no hint is threaded through signatures."""
     message: bytes | None       # None: bigger than the limit, read and dropped
     size: int
     bare_lf: bool = False       # the client ended some line with a bare LF
