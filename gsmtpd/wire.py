@@ -7,6 +7,7 @@ in order and in few packets.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 from gevent.hub import get_hub
@@ -90,7 +91,8 @@ class Wire:
             # send() does it. gevent's sendall() costs a getsockopt() per call (the bench
             # profile showed it), so it is only the fallback for a partial send. Either
             # may wait for a client that does not read: the clock cuts that off.
-            self.clock.block()
+            clock = self.clock
+            clock.block()
             try:
                 try:
                     sent = (self.raw or self.sock).send(data)
@@ -99,7 +101,7 @@ class Wire:
                 if sent < len(data):
                     self.sock.sendall(data[sent:])
             finally:
-                self.clock.unblock()
+                clock.expires = None        # clock.unblock(), inline: see Clock
             return True
         return False
 
@@ -130,10 +132,11 @@ class Wire:
                         self.hub.wait(self.readable)
         finally:
             self.waiting = False
-            clock.unblock()
+            clock.expires = None            # clock.unblock(), inline: see Clock
         if not chunk:
             raise ConnectionClosed()
-        clock.check(deadline)
+        if time.monotonic() > deadline:     # Clock.passed(deadline), inline
+            raise Expired()
         return chunk
 
     def discard_input(self) -> None:
