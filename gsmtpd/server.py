@@ -17,13 +17,13 @@ import ssl
 import time
 
 import gevent
-from gevent.server import StreamServer
 
 from . import replies as R
 from .address import AllowedHosts
 from .config import ListenerSpec, listeners
 from .deadline import Clock, Watchdog
 from .frontdoor import FrontDoor
+from .gevent_adapter import Listener
 from .limits import SharedAddressCounts
 from .runners import Runners
 from .session import Session, shutting_down
@@ -35,15 +35,6 @@ BACKLOG = 1024
 # Made at import, so a master that imports this module before forking shares it with
 # every worker: the per-address limit holds for the whole server.
 ADDRESS_COUNTS = SharedAddressCounts()
-
-
-class Listener(StreamServer):
-    """Accepts in the event loop and hands each connection over (``spawn=None``: the
-    handler is called in the loop, and only hands over). The runner that serves the
-    connection closes it, not the listener once the handler returns."""
-
-    def do_close(self, sock, *args) -> None:
-        pass
 
 
 def bind(spec: ListenerSpec) -> socket.socket:
@@ -93,7 +84,7 @@ class Server:
     def __init__(self, config, store: Store, bound: list[tuple[ListenerSpec, socket.socket]] | None = None):
         self.store = store
         self.bound = bound
-        self.listeners: list[StreamServer] = []
+        self.listeners: list[Listener] = []
         self.sessions: set[Session] = set()
         self.accepting = False
         self.watchdog = Watchdog()   # ends every connection's overdue wait

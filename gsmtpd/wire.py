@@ -10,8 +10,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from gevent.hub import get_hub
-
+from . import gevent_adapter
 from .deadline import Clock, Expired  # noqa: F401  (Expired: raised by the wire's reads)
 
 RECV_SIZE = 65536
@@ -63,19 +62,14 @@ class Wire:
         self.buf = bytearray()
         self.out: list[bytes] = []
         self.waiting = False         # blocked in recv with every reply sent
-        self.hub = get_hub()
-        # gevent's socket wraps a non-blocking socket and a watcher of its readiness. The
-        # wire uses both itself (see _recv and flush), which skips gevent's Python wrapper
-        # around each send() and recv(); any other socket is used through its own methods.
-        self.readable = getattr(sock, "_read_event", None)
-        self.raw = getattr(sock, "_sock", None) if self.readable is not None else None
+        # The socket gevent wraps, read and written directly (see _recv and flush).
+        self.raw, self.wait_readable = gevent_adapter.fast_path(sock)
 
     def use_socket(self, sock) -> None:
         """Go on over ``sock``, the same connection after a TLS handshake. Reads no longer
         wait on readiness first: TLS may hold decrypted data while the socket is empty."""
         self.sock = sock
-        self.readable = None
-        self.raw = None
+        self.raw = self.wait_readable = None
 
     # --- output
 
@@ -123,13 +117,13 @@ class Wire:
                 if replied:
                     # The client answers our reply, so nothing can be there yet: wait for
                     # it first instead of a recv() that fails with EAGAIN (~3 us each).
-                    self.hub.wait(self.readable)
+                    self.wait_readable()
                 while True:
                     try:
                         chunk = raw.recv(RECV_SIZE)
                         break
                     except BlockingIOError:
-                        self.hub.wait(self.readable)
+                        self.wait_readable()
         finally:
             self.waiting = False
             clock.expires = None            # clock.unblock(), inline: see Clock
