@@ -1,7 +1,6 @@
 """The connection's opening (gsmtpd/frontdoor.py) on its own, over a real socket pair: the
 PROXY header, the per-address limit, early talkers, TLS and XCLIENT's change of address,
 without a server process. (tests/test_front_door.py has the same through a real server.)"""
-import socket
 
 import gevent
 import gevent.socket
@@ -13,25 +12,11 @@ from gsmtpd.config import ListenerSpec, load
 from gsmtpd.deadline import Clock
 from gsmtpd.frontdoor import FrontDoor, Hangup
 from gsmtpd.server import ADDRESS_COUNTS, Server
+from test_deadline import guard, pair  # noqa: F401  (fixtures: a socket pair; a wait nobody ends fails)
 from test_front_door import certificate  # noqa: F401  (a fixture)
 
 PLAIN = ListenerSpec("127.0.0.1", 0)
 PROXIED = ListenerSpec("127.0.0.1", 0, proxy_protocol=True)
-
-
-@pytest.fixture(autouse=True)
-def guard():
-    """A wait nobody ends fails the test in seconds, not at pytest's 300."""
-    with gevent.Timeout(10, AssertionError("a wait was not ended")):
-        yield
-
-
-@pytest.fixture
-def pair():
-    server, client = gevent.socket.socketpair()
-    yield server, client
-    server.close()
-    client.close()
 
 
 def serving(*argv: str) -> Server:
