@@ -86,7 +86,7 @@ class Wire:
             # profile showed it), so it is only the fallback for a partial send. Either
             # may wait for a client that does not read: the clock cuts that off.
             clock = self.clock
-            clock.block()
+            clock.expires = time.monotonic() + clock.wait    # clock.block(), inline: see Clock
             try:
                 try:
                     sent = (self.raw or self.sock).send(data)
@@ -95,7 +95,7 @@ class Wire:
                 if sent < len(data):
                     self.sock.sendall(data[sent:])
             finally:
-                clock.expires = None        # clock.unblock(), inline: see Clock
+                clock.expires = None
             return True
         return False
 
@@ -107,7 +107,8 @@ class Wire:
         clock's wait, is cut off (socket.timeout)."""
         replied = self.flush()
         clock = self.clock
-        clock.block(deadline)
+        expires = time.monotonic() + clock.wait          # clock.block(deadline), inline
+        clock.expires = expires if expires < deadline else deadline
         self.waiting = True
         try:
             raw = self.raw
@@ -126,7 +127,7 @@ class Wire:
                         self.wait_readable()
         finally:
             self.waiting = False
-            clock.expires = None            # clock.unblock(), inline: see Clock
+            clock.expires = None
         if not chunk:
             raise ConnectionClosed()
         if time.monotonic() > deadline:     # Clock.passed(deadline), inline
@@ -141,7 +142,7 @@ class Wire:
         """One line without its line ending, within ``seconds``. A bare LF also ends a
         command line, as in Postfix; a line longer than ``limit`` octets raises LineTooLong
         after its rest has been read and dropped, without keeping it in memory."""
-        deadline = self.clock.phase(seconds)
+        deadline = time.monotonic() + seconds
         buf = self.buf
         scanned = 0
         while True:
@@ -179,7 +180,7 @@ class Wire:
         stored as CRLF; otherwise it is kept as sent and ``bare_lf`` says it was there.
         The whole message must arrive within ``seconds`` (raises Expired).
         """
-        deadline = self.clock.phase(seconds)
+        deadline = time.monotonic() + seconds
         data = bytearray(b"\r\n")
         data += self.buf
         self.buf.clear()
