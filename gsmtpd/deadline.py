@@ -11,6 +11,8 @@ A connection has two kinds of limit:
 
 The PROXY header and the TLS handshake are waits too (``Clock.bounded``), and so is the
 early-talker pause (``Clock.quiet_for``), the one wait whose end is the good outcome.
+The one other wait of a session is not on the client: a finished message waits for its
+commit, at most ``--save-timeout`` (Store.save), and then gets 451.
 
 Waits are ended by one ``Watchdog`` per server rather than a timer per read: a connection
 about to block notes in ``Clock.expires`` when it must give up, and the watchdog, a
@@ -46,11 +48,11 @@ class Clock:
     """The deadlines of one connection, served by ``greenlet``. ``wait``: the longest one
     blocking read or write may last (``--timeout`` when the connection opened).
 
-    Around every read and every reply the wire arms and clears ``expires`` itself, with
-    the rules of ``block`` and ``phase`` written out, and compares the time with the
-    phase's deadline (``passed``): these calls, five per command, cost 1.2 % of a
-    message's instructions (bench/instructions.py, W1: 899k a message with them, 889k
-    without)."""
+    Around every read and every reply (Wire._recv, Wire.flush) the wire arms and clears
+    ``expires`` itself, with the rules of ``block`` and ``phase`` written out, and
+    compares the time with the phase's deadline (``passed``): these calls, five per
+    command, cost 1.2 % of a message's instructions (bench/instructions.py, W1: 899k a
+    message with them, 889k without)."""
 
     __slots__ = ("wait", "expires", "greenlet")
 
