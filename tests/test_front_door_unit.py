@@ -19,10 +19,22 @@ PLAIN = ListenerSpec("127.0.0.1", 0)
 PROXIED = ListenerSpec("127.0.0.1", 0, proxy_protocol=True)
 
 
+SERVING: list[Server] = []
+
+
+@pytest.fixture(autouse=True)
+def stop_watchdogs():
+    yield
+    while SERVING:
+        SERVING.pop().watchdog.stop()
+
+
 def serving(*argv: str) -> Server:
-    """A Server with this configuration and its watchdog running, listening nowhere."""
+    """A Server with this configuration and its watchdog running (until the test ends),
+    listening nowhere."""
     server = Server(load(["--store", "sqlite:///unused.db", *argv], environ={}), store=None)
     server.watchdog.start(server.config.timeout)
+    SERVING.append(server)
     return server
 
 
