@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from . import mime
 from .store import BODY, MAIL, Blob, Utf8Text, value_size
+from .wire import Data
 
 log = logging.getLogger("gsmtpd.session")
 
@@ -96,25 +97,25 @@ def received_header(*, helo: str, ip: str, hostname: str, protocol: str, queue_i
     return text.encode("utf-8", "replace")
 
 
-def parse_message(raw: bytes, prefer: str, crlf_only: bool = False) -> mime.Parsed:
-    """MIME never costs a message: on any failure the fields are empty and the raw is kept."""
+def parse_message(message: Data, prefer: str) -> mime.Parsed:
+    """MIME never costs a message: on any failure the fields are empty and the raw is kept.
+    What the wire learnt while reading (every line end a CRLF) spares mime a scan."""
     try:
-        return mime.parse(raw, prefer, crlf_only)
+        return mime.parse(message.message, prefer, message.crlf_only)
     except Exception:  # a bug in our parser must not lose mail; the raw message is stored
         log.exception("MIME parsing failed; storing the raw message with empty fields")
         return mime.Parsed("", "", "", "", "text/plain", 0, "")
 
 
-def build_rows(envelope: Envelope, raw: bytes, *, queue_id: str, now: float, ip: str, helo: str,
-               hostname: str, is_tls: bool, prefer: str, crlf_only: bool = False,
-               esmtp: bool = True) -> list[tuple]:
-    """The new_mail rows for this message, one per recipient, in store.COLUMNS order.
-    ``crlf_only``: every CR and LF of ``raw`` is part of a CRLF (Data.crlf_only);
-    ``esmtp``: the client said EHLO, not HELO."""
+def build_rows(envelope: Envelope, message: Data, *, queue_id: str, now: float, ip: str, helo: str,
+               hostname: str, is_tls: bool, prefer: str, esmtp: bool = True) -> list[tuple]:
+    """The new_mail rows for ``message`` (as the wire read it), one per recipient, in
+    store.COLUMNS order. ``esmtp``: the client said EHLO, not HELO."""
+    raw = message.message
     protocol = protocol_name(esmtp=esmtp, is_tls=is_tls, smtputf8=envelope.smtputf8)
     mail = Blob((received_header(helo=helo, ip=ip, hostname=hostname, protocol=protocol,
                                  queue_id=queue_id, recipients=envelope.recipients, now=now), raw))
-    parsed = parse_message(raw, prefer, crlf_only)
+    parsed = parse_message(message, prefer)
     # Encoded here, once: the str is dropped with ``parsed``, so the message is held as its
     # raw bytes plus its UTF-8 body until the writer is done (budget.py counts those two).
     body = Utf8Text((parsed.body.encode("utf-8", "replace"),))

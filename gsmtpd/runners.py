@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Callable
 
 import gevent
-from gevent.hub import Waiter
+
+from .gevent_adapter import Waiter, call_from_loop
 
 # Runners kept waiting for connections; a few more than a busy moment's turnover.
 KEEP_IDLE = 100
@@ -49,6 +50,5 @@ class Runners:
 
     def stop(self) -> None:
         """End the waiting runners."""
-        hub = gevent.get_hub()
         while self.idle:
-            hub.loop.run_callback(self.idle.pop().switch, None)
+            call_from_loop(self.idle.pop().switch, None)

@@ -5,12 +5,8 @@ A gevent ``StreamServer`` per listener accepts; each connection runs a ``Session
 greenlet. Past ``max_clients`` a new connection is told ``421 4.3.2`` and closed at once,
 never left hanging in the backlog; past ``max_per_ip`` from one address, ``421 4.7.0``.
 Sockets can be bound before the server is built (``bind``), so a master process binds port
-25 as root and its workers serve it after dropping privileges.
-
-Client timeouts are kept by one watchdog per server rather than a timer per socket read:
-a session about to block notes when it must give up (``Wire.expires``), and the watchdog,
-a repeating timer in the event loop, raises socket.timeout into any session still blocked
-past that time. A timer per read cost more CPU than the read itself (bench/).
+25 as root and its workers serve it after dropping privileges. Client timeouts are ended
+by the server's one ``deadline.Watchdog``, which watches each connection's ``Clock``.
 """
 from __future__ import annotations
 
@@ -21,12 +17,14 @@ import ssl
 import time
 
 import gevent
-from gevent.server import StreamServer
 
 from . import replies as R
 from .address import AllowedHosts
 from .budget import Budget, return_freed_messages
 from .config import ListenerSpec, listeners
+from .deadline import Clock, Watchdog
+from .frontdoor import FrontDoor
+from .gevent_adapter import Listener
 from .limits import SharedAddressCounts
 from .runners import Runners
 from .session import Session, shutting_down
@@ -35,22 +33,9 @@ from .store import Store
 log = logging.getLogger("gsmtpd.server")
 
 BACKLOG = 1024
-# How often the watchdog looks for stalled sessions: at most this late, and finer for short
-# timeouts (a fraction of the shortest one).
-WATCHDOG_MAX_TICK = 1.0
-WATCHDOG_TICKS_PER_TIMEOUT = 10
 # Made at import, so a master that imports this module before forking shares it with
 # every worker: the per-address limit holds for the whole server.
 ADDRESS_COUNTS = SharedAddressCounts()
-
-
-class Listener(StreamServer):
-    """Accepts in the event loop and hands each connection over (``spawn=None``: the
-    handler is called in the loop, and only hands over). The runner that serves the
-    connection closes it, not the listener once the handler returns."""
-
-    def do_close(self, sock, *args) -> None:
-        pass
 
 
 def bind(spec: ListenerSpec) -> socket.socket:
@@ -100,10 +85,10 @@ class Server:
     def __init__(self, config, store: Store, bound: list[tuple[ListenerSpec, socket.socket]] | None = None):
         self.store = store
         self.bound = bound
-        self.listeners: list[StreamServer] = []
+        self.listeners: list[Listener] = []
         self.sessions: set[Session] = set()
         self.accepting = False
-        self.watchdog = None         # a repeating libev timer while serving
+        self.watchdog = Watchdog()   # ends every connection's overdue wait
         self.runners = Runners(self.handle)
         self.budget = Budget(config.memory_budget)   # bytes of mail this worker may hold
         return_freed_messages()
@@ -117,33 +102,8 @@ class Server:
         self.tls = tls_context(config)
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in config.trusted_networks]
         self.budget.resize(config.memory_budget)
-        if self.watchdog is not None:
-            self._start_watchdog()
-
-    def _start_watchdog(self) -> None:
-        """(Re)arm the watchdog with a tick that suits the current timeouts. Sessions
-        opened under an older configuration keep their own, longer or shorter, deadlines;
-        the tick only decides how late past a deadline the cut comes."""
-        shortest = min(self.config.timeout, self.config.data_timeout)
-        tick = min(WATCHDOG_MAX_TICK, shortest / WATCHDOG_TICKS_PER_TIMEOUT)
-        if self.watchdog is not None:
-            self.watchdog.stop()
-        self.watchdog = gevent.get_hub().loop.timer(tick, tick)
-        self.watchdog.start(self.cut_off_stalled)
-
-    def cut_off_stalled(self) -> None:
-        """Runs in the event loop (a timer callback), so no session moves while it looks:
-        a session whose ``expires`` is set is blocked on its socket right now, and the
-        timeout raised into it lands in that read or write."""
-        now = time.monotonic()
-        for session in list(self.sessions):
-            expires = session.wire.expires
-            if expires is not None and now > expires:
-                session.wire.expires = None
-                try:
-                    session.greenlet.throw(socket.timeout("timed out"))
-                except Exception:   # the session's own handler failed: log, keep watching
-                    log.exception("watchdog could not end session ip=%s", session.ip)
+        if self.watchdog.timer is not None:
+            self.watchdog.start(min(config.timeout, config.data_timeout))
 
     def start(self, announce_listeners: bool = True) -> None:
         """Serve; ``announce_listeners=False`` in a prefork worker, whose master says
@@ -156,7 +116,7 @@ class Server:
             self.listeners.append(listener)
         if announce_listeners:
             announce(self.bound)
-        self._start_watchdog()
+        self.watchdog.start(min(self.config.timeout, self.config.data_timeout))
         self.accepting = True
 
     def is_trusted(self, ip: str) -> bool:
@@ -176,13 +136,15 @@ class Server:
             if not self.accepting or len(self.sessions) >= self.config.max_clients:
                 self.refuse(sock, address[0], R.TOO_BUSY if self.accepting else R.SHUTTING_DOWN)
                 return
-            session = Session(sock, address, self, spec)
-            session.greenlet = gevent.getcurrent()
+            clock = Clock(self.config.timeout, gevent.getcurrent())
+            session = Session(FrontDoor(sock, address, self, spec, clock))
             self.sessions.add(session)
+            self.watchdog.clocks.add(clock)
             try:
                 session.run()
             finally:
                 self.sessions.discard(session)
+                self.watchdog.clocks.discard(clock)
         finally:
             sock.close()
 
@@ -212,14 +174,12 @@ class Server:
         while self.sessions and time.monotonic() < deadline:
             for session in list(self.sessions):
                 if session.idle:
-                    session.greenlet.kill(shutting_down(), block=False)
+                    session.clock.greenlet.kill(shutting_down(), block=False)
             gevent.sleep(0.05)
         for session in list(self.sessions):
-            session.greenlet.kill(block=False)
+            session.clock.greenlet.kill(block=False)
         for listener in self.listeners:
             listener.stop(timeout=0)
         self.listeners.clear()
         self.runners.stop()
-        if self.watchdog is not None:
-            self.watchdog.stop()
-            self.watchdog = None
+        self.watchdog.stop()

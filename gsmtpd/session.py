@@ -1,7 +1,8 @@
 """The SMTP dialogue of one connection (RFC 5321, ESMTP per RFC 1869), run by one greenlet.
 
-``Session`` holds what lasts the whole connection (peer, HELO name, error count);
-``Envelope`` holds one transaction. HELO/EHLO, RSET and the end of DATA start afresh.
+``Session`` holds what lasts the whole connection (HELO name, error count; the socket, the
+real client and TLS are its ``FrontDoor``'s); ``Envelope`` holds one transaction.
+HELO/EHLO, RSET and the end of DATA start afresh.
 Verbs are dispatched by table to ``smtp_<VERB>`` methods, each checking its own
 preconditions. Every reply comes from ``replies``.
 """
@@ -10,21 +11,16 @@ from __future__ import annotations
 import logging
 import re
 import socket
-import ssl
 import time
-
-import gevent
-from gevent.socket import wait_read
 
 from . import metrics
 from . import replies as R
 from .address import parse_helo, parse_path
 from .budget import cost
-from .config import ListenerSpec
 from .envelope import Envelope, Recipient, build_rows, held_bytes, new_queue_id
+from .frontdoor import FrontDoor, Hangup
 from .store import Verdict
-from .proxy import ProxyError, read_header
-from .wire import ConnectionClosed, Expired, LineTooLong, Wire
+from .wire import ConnectionClosed, Data, Expired, LineTooLong
 from .xclient import parse_xclient
 
 log = logging.getLogger("gsmtpd.session")
@@ -42,15 +38,6 @@ VERDICT_REPLIES = {
 }
 
 
-class Hangup(Exception):
-    """End the session: send ``reply`` (if any) after what is already queued, then close."""
-
-    def __init__(self, reply: R.Reply | None = None, discard_queued: bool = False):
-        super().__init__(reply)
-        self.reply = reply
-        self.discard_queued = discard_queued
-
-
 def shutting_down() -> Hangup:
     """Raised into an idle session by Server.stop(), and by a busy one at its next command.
     Replies already queued (the 250 of a message that just got in) still go out first."""
@@ -58,24 +45,20 @@ def shutting_down() -> Hangup:
 
 
 class Session:
-    def __init__(self, sock, address, server, listener: ListenerSpec):
-        self.wire = Wire(sock, server.config.timeout)
-        self.sock = sock
-        self.peer_ip = address[0] if isinstance(address, tuple) else str(address)
-        self.ip = self.peer_ip           # the real client: after PROXY/XCLIENT, theirs
-        self.server = server
-        self.config = server.config      # a reload does not change a session under way
-        self.listener = listener
+    def __init__(self, door: FrontDoor):
+        self.door = door                 # the socket, the real client (door.ip), TLS
+        self.wire = door.wire
+        self.clock = door.clock          # every wait of this connection, and its deadline
+        self.server = door.server
+        self.config = door.config        # a reload does not change a session under way
         self.helo: str | None = None
         self.esmtp = False
-        self.is_tls = False
         self.envelope: Envelope | None = None
         self.errors = 0
         self.chunks_held = None          # budget.Reservation of pending BDAT chunks (first BDAT)
         self.messages = 0
         self.closing = False
         self.reading_command = False
-        self.admitted = False
         self.xclient_helo: str | None = None   # HELO name a trusted proxy gave in XCLIENT
         self.debug = log.isEnabledFor(logging.DEBUG)   # log every command (asked once)
 
@@ -86,8 +69,8 @@ class Session:
         metrics.M.connections.inc()
         metrics.M.connections_open.inc()
         try:
-            self.open()
-            log.debug("connect ip=%s%s", self.ip, " tls" if self.is_tls else "")
+            self.door.open()
+            log.debug("connect ip=%s%s", self.door.ip, " tls" if self.door.is_tls else "")
             self.reply(R.greeting(self.config.hostname))
             while not self.closing:
                 self.handle(self.next_command())
@@ -104,63 +87,20 @@ class Session:
             self.wire.out.clear()
             self.wire.send(R.COMMAND_TIMEOUT)
             self._flush_quietly()
-        except (ConnectionClosed, OSError, ProxyError) as exc:
-            if isinstance(exc, ProxyError):
-                log.warning("closed ip=%s: %s", self.peer_ip, exc)
+        except (ConnectionClosed, OSError):
+            pass
         except Exception:  # a bug of ours: this session ends with a 421, the others go on
-            log.exception("internal error in session ip=%s", self.ip)
+            log.exception("internal error in session ip=%s", self.door.ip)
             self.wire.out.clear()
             self.wire.send(R.INTERNAL_ERROR)
             self._flush_quietly()
         finally:
             metrics.M.connections_open.dec()
             self._release_chunks()
-            if self.admitted:
-                self.server.release(self.ip)
+            self.door.close()
             # One line per connection, when it ends (the bench showed logging at ~8% of CPU).
-            log.info("disconnect ip=%s%s messages=%d errors=%d seconds=%.2f", self.ip,
-                     " tls" if self.is_tls else "", self.messages, self.errors, time.monotonic() - started)
-
-    def open(self) -> None:
-        """Everything before the greeting: PROXY header, per-address limit, implicit TLS,
-        early talkers."""
-        if self.listener.proxy_protocol:
-            if not self.server.is_trusted(self.peer_ip):
-                raise ProxyError(f"PROXY header expected from untrusted peer {self.peer_ip}")
-            with gevent.Timeout(self.config.timeout, Hangup()):
-                real = read_header(self.sock)
-            if real is not None:
-                self.ip = real[0]
-        if not self.server.admit(self.ip):
-            raise Hangup(R.TOO_MANY_FROM_YOU)
-        self.admitted = True
-        if self.listener.tls == "implicit":
-            self.start_tls()
-        if self.config.early_talkers == "reject" and self.talks_early():
-            raise Hangup(R.EARLY_TALKER, discard_queued=True)
-
-    def talks_early(self) -> bool:
-        """RFC 5321 4.3.1 has the client wait for the greeting; spam bots often do not
-        (Postfix postscreen's pregreet test)."""
-        if self.wire.buf:
-            return True
-        try:
-            wait_read(self.sock.fileno(), timeout=self.config.greet_pause)
-        except socket.timeout:
-            return False
-        return True
-
-    def start_tls(self) -> None:
-        """TLS handshake on this connection; a failed one closes only this connection."""
-        try:
-            with gevent.Timeout(self.config.timeout, Hangup()):
-                self.sock = self.server.tls.wrap_socket(self.sock, server_side=True)
-        except (ssl.SSLError, OSError) as exc:
-            log.info("TLS handshake failed ip=%s: %s", self.ip, exc)
-            raise Hangup() from None
-        self.wire.use_socket(self.sock)
-        self.is_tls = True
-        metrics.M.tls_sessions.inc()
+            log.info("disconnect ip=%s%s messages=%d errors=%d seconds=%.2f", self.door.ip,
+                     " tls" if self.door.is_tls else "", self.messages, self.errors, time.monotonic() - started)
 
     def _flush_quietly(self) -> None:
         try:
@@ -212,7 +152,7 @@ class Session:
             self.reply(R.UNKNOWN_COMMAND)
             return
         if self.debug:
-            log.debug("ip=%s command=%r", self.ip, text[:80])
+            log.debug("ip=%s command=%r", self.door.ip, text[:80])
         method(self, argument.strip(" "))
 
     # --- greeting and state
@@ -234,25 +174,28 @@ class Session:
         if name is None:
             self.reply(R.EHLO_SYNTAX if esmtp else R.HELO_SYNTAX)
             return None
-        self.helo, self.esmtp, self.envelope = self.xclient_helo or name, esmtp, None
-        self._release_chunks()
+        self.start_over(self.xclient_helo or name, esmtp)
         return name
+
+    def start_over(self, helo: str | None = None, esmtp: bool = False) -> None:
+        """The session starts afresh, with no transaction: after HELO/EHLO (RFC 5321
+        4.1.4), the TLS handshake (RFC 3207 4.2: from before EHLO) and XCLIENT (Postfix
+        XCLIENT_README: a new greeting)."""
+        self.helo, self.esmtp, self.envelope = helo, esmtp, None
+        self._release_chunks()
 
     def extensions(self) -> tuple[str, ...]:
         extensions = [f"SIZE {self.config.max_size}", "PIPELINING", "8BITMIME", "CHUNKING",
                       "BINARYMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
-        if self.can_starttls():
+        if self.door.can_starttls():
             extensions.append("STARTTLS")
-        if self.server.is_trusted(self.peer_ip):
+        if self.server.is_trusted(self.door.peer_ip):
             extensions.append("XCLIENT NAME ADDR PORT PROTO HELO")
         return tuple(extensions)
 
-    def can_starttls(self) -> bool:
-        return self.listener.tls == "starttls" and not self.is_tls and self.server.tls is not None
-
     def smtp_STARTTLS(self, argument: str) -> None:
-        if not self.can_starttls():
-            self.reply(R.UNKNOWN_COMMAND if not self.is_tls else R.TLS_ALREADY_ACTIVE)
+        if not self.door.can_starttls():
+            self.reply(R.UNKNOWN_COMMAND if not self.door.is_tls else R.TLS_ALREADY_ACTIVE)
             return
         if argument:
             self.reply(R.NO_ARGUMENTS)
@@ -262,17 +205,13 @@ class Session:
             return
         self.reply(R.READY_FOR_TLS)
         self.wire.flush()
-        # RFC 3207 4.2 / CVE-2011-0411: what the client pipelined behind STARTTLS in
-        # plaintext is thrown away, never read as if it came over TLS.
-        self.wire.discard_input()
-        self.start_tls()
-        # RFC 3207 4.2: after the handshake the session starts again from before EHLO.
-        self.helo, self.esmtp, self.envelope = None, False, None
+        self.door.start_tls()
+        self.start_over()
 
     def smtp_XCLIENT(self, argument: str) -> None:
         """Postfix's XCLIENT: a trusted proxy names the real client. From anyone else it is
         an unknown command, as if we had never heard of it."""
-        if not self.server.is_trusted(self.peer_ip):
+        if not self.server.is_trusted(self.door.peer_ip):
             self.reply(R.UNKNOWN_COMMAND)
             return
         if self.envelope is not None:
@@ -282,18 +221,10 @@ class Session:
         if isinstance(attributes, R.Reply):
             self.reply(attributes)
             return
-        if "ADDR" in attributes and attributes["ADDR"] != self.ip:
-            # The per-address limit follows the real client, as it does after PROXY.
-            self.server.release(self.ip)
-            self.admitted = False
-            self.ip = attributes["ADDR"]
-            if not self.server.admit(self.ip):
-                raise Hangup(R.TOO_MANY_FROM_YOU)
-            self.admitted = True
-        # Postfix XCLIENT_README: the session starts over with a new greeting.
+        if "ADDR" in attributes:
+            self.door.readmit(attributes["ADDR"])
         self.xclient_helo = attributes.get("HELO")
-        self.helo, self.esmtp, self.envelope = None, False, None
-        self._release_chunks()
+        self.start_over()
         self.reply(R.greeting(self.config.hostname))
 
     def smtp_RSET(self, argument: str) -> None:
@@ -433,17 +364,17 @@ class Session:
         """The reply after the final dot; ``held`` is the message's budget.Reservation."""
         if held.refused and data.size <= keep:
             reply = R.INSUFFICIENT_STORAGE
-            log.info("refused ip=%s from=<%s> size=%d reply=%s", self.ip, envelope.sender, data.size, reply.text)
+            log.info("refused ip=%s from=<%s> size=%d reply=%s", self.door.ip, envelope.sender, data.size, reply.text)
         elif data.message is None:
             # RFC 1870 6.1: over the advertised SIZE; or within it but more than the
             # database takes in one row (max_allowed_packet).
             reply = R.TOO_BIG if data.size > self.config.max_size else R.TOO_BIG_TO_STORE
-            log.info("refused ip=%s from=<%s> size=%d reply=%s", self.ip, envelope.sender, data.size, reply.text)
+            log.info("refused ip=%s from=<%s> size=%d reply=%s", self.door.ip, envelope.sender, data.size, reply.text)
         elif data.bare_lf and self.config.bare_lf == "reject":
-            log.info("refused ip=%s from=<%s> size=%d reply=550 bare LF", self.ip, envelope.sender, data.size)
+            log.info("refused ip=%s from=<%s> size=%d reply=550 bare LF", self.door.ip, envelope.sender, data.size)
             reply = R.BARE_LF
         else:
-            reply = self.deliver(envelope, data.message, data.crlf_only, held)
+            reply = self.deliver(envelope, data, held)
         return reply
 
     def smtp_BDAT(self, argument: str) -> None:
@@ -460,15 +391,15 @@ class Session:
         envelope = self.envelope
         problem = self._bdat_problem(envelope)
         if problem is not None:
-            self._read_chunk(size, None, time.monotonic() + self.config.data_timeout)
+            self._read_chunk(size, None, self.clock.phase(self.config.data_timeout))
             self.reply(problem)
             return
         if envelope.chunks is None:
             # RFC 5321 4.5.3.2.6: the DATA phase's deadline, here for all the chunks, so
             # a client cannot hold a transaction open with a tiny chunk now and then.
             envelope.chunks = bytearray()
-            envelope.chunks_deadline = time.monotonic() + self.config.data_timeout
-        elif time.monotonic() > envelope.chunks_deadline:
+            envelope.chunks_deadline = self.clock.phase(self.config.data_timeout)
+        elif self.clock.passed(envelope.chunks_deadline):
             raise Hangup(R.DATA_TIMEOUT, discard_queued=True)
         total = len(envelope.chunks) + size
         keep = min(self.server.store.largest_message(self.config.max_size), self.server.budget.largest_message())
@@ -486,7 +417,7 @@ class Session:
                 reply = R.INSUFFICIENT_STORAGE
             else:
                 reply = R.TOO_BIG if total > self.config.max_size else R.TOO_BIG_TO_STORE
-            log.info("refused ip=%s from=<%s> size=%d reply=%s", self.ip, envelope.sender, total, reply.text)
+            log.info("refused ip=%s from=<%s> size=%d reply=%s", self.door.ip, envelope.sender, total, reply.text)
             metrics.M.message(reply.code, total, len(envelope.recipients))
             self.reply(reply)
             return
@@ -495,9 +426,10 @@ class Session:
             self.reply(R.chunk_received(size))
             return
         self.envelope = None
-        message, envelope.chunks = bytes(envelope.chunks), None
+        # Binary data: bare CR and LF are content, not line ends (crlf_only=False). The
+        # chunks' buffer goes before the message is parsed: it is held once from here on.
+        message, envelope.chunks = Data(bytes(envelope.chunks), total), None
         try:
-            # Binary data: bare CR and LF are content, not line ends (crlf_only=False).
             reply = self.deliver(envelope, message, held=self.chunks_held)
         finally:
             self._release_chunks()
@@ -534,13 +466,13 @@ class Session:
         except (socket.timeout, Expired):
             raise Hangup(R.DATA_TIMEOUT, discard_queued=True) from None
 
-    def deliver(self, envelope: Envelope, message: bytes, crlf_only: bool = False, held=None) -> R.Reply:
+    def deliver(self, envelope: Envelope, message: Data, held=None) -> R.Reply:
         queue_id = new_queue_id()
         now = time.time()
-        rows = build_rows(envelope, message, queue_id=queue_id, now=now, ip=self.ip,
+        door = self.door
+        rows = build_rows(envelope, message, queue_id=queue_id, now=now, ip=door.ip,
                           helo=self.helo or "", hostname=self.config.hostname,
-                          is_tls=self.is_tls, prefer=self.config.prefer, crlf_only=crlf_only,
-                          esmtp=self.esmtp)
+                          is_tls=door.is_tls, prefer=self.config.prefer, esmtp=self.esmtp)
         if held is not None and not held.settle(held_bytes(rows)):
             # Its decoded body came out longer than budgeted, and there is no room for it.
             self.server.budget.refused()
@@ -550,8 +482,8 @@ class Session:
             reply = R.queued(queue_id) if verdict is Verdict.STORED else VERDICT_REPLIES[verdict]
         if verdict is Verdict.STORED:
             self.messages += 1
-        log.info("message id=%s ip=%s from=<%s> to=%s size=%d reply=%s", queue_id, self.ip,
-                 envelope.sender, ",".join(r.address for r in envelope.recipients), len(message),
+        log.info("message id=%s ip=%s from=<%s> to=%s size=%d reply=%s", queue_id, door.ip,
+                 envelope.sender, ",".join(r.address for r in envelope.recipients), message.size,
                  reply.text)
         return reply
 

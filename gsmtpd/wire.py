@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from gevent.hub import get_hub
+from . import gevent_adapter
+from .deadline import Clock, Expired  # noqa: F401  (Expired: raised by the wire's reads)
 
 RECV_SIZE = 65536
 # RFC 5321 4.1.1.4: the end of mail data is <CRLF>.<CRLF>; with the CRLF that ends the
@@ -34,6 +35,8 @@ _NOT_LINE_END = bytes(b for b in range(256) if b not in (10, 13))
 
 @dataclass(slots=True)
 class Data:
+    """A message as the wire read it, and what the reading learnt about it on the way: it
+    travels whole to envelope.build_rows, so no hint is threaded through signatures."""
     message: bytes | None       # None: bigger than the limit, read and dropped
     size: int
     bare_lf: bool = False       # the client ended some line with a bare LF
@@ -44,45 +47,30 @@ class ConnectionClosed(Exception):
     """The client went away."""
 
 
-class Expired(Exception):
-    """The deadline for this line or this DATA phase passed while the client was still
-    sending (a slow drip). A client that sends nothing, or reads nothing, is cut off by
-    the server's watchdog, which raises socket.timeout into the blocked session."""
-
-
 class LineTooLong(Exception):
     """A command line passed the limit; the rest of it up to LF was thrown away."""
 
 
 class Wire:
-    """``read_timeout``: the longest one blocking read or write may wait for the client.
+    """``clock``: the connection's deadlines (deadline.Clock). The socket itself has no
+    timeout: gevent would arm a timer for every read, which the bench showed costs more
+    than the read. Every wait on the socket is announced to the clock instead, whose
+    watchdog ends it when it lasts too long."""
 
-    The socket itself has no timeout: gevent would arm a timer for every read, which the
-    bench showed costs more than the read. Instead, before blocking, the wire notes in
-    ``expires`` when it must give up, and the server's watchdog (Server.cut_off_stalled)
-    raises socket.timeout into a session still blocked past that time.
-    """
-
-    def __init__(self, sock, read_timeout: float):
+    def __init__(self, sock, clock: Clock):
         self.sock = sock
-        self.read_timeout = read_timeout
+        self.clock = clock
         self.buf = bytearray()
         self.out: list[bytes] = []
         self.waiting = False         # blocked in recv with every reply sent
-        self.expires: float | None = None   # while blocked on the socket: when to give up
-        self.hub = get_hub()
-        # gevent's socket wraps a non-blocking socket and a watcher of its readiness. The
-        # wire uses both itself (see _recv and flush), which skips gevent's Python wrapper
-        # around each send() and recv(); any other socket is used through its own methods.
-        self.readable = getattr(sock, "_read_event", None)
-        self.raw = getattr(sock, "_sock", None) if self.readable is not None else None
+        # The socket gevent wraps, read and written directly (see _recv and flush).
+        self.raw, self.wait_readable = gevent_adapter.fast_path(sock)
 
     def use_socket(self, sock) -> None:
         """Go on over ``sock``, the same connection after a TLS handshake. Reads no longer
         wait on readiness first: TLS may hold decrypted data while the socket is empty."""
         self.sock = sock
-        self.readable = None
-        self.raw = None
+        self.raw = self.wait_readable = None
 
     # --- output
 
@@ -97,8 +85,9 @@ class Wire:
             # Replies are small and the socket buffer is nearly always free: one plain
             # send() does it. gevent's sendall() costs a getsockopt() per call (the bench
             # profile showed it), so it is only the fallback for a partial send. Either
-            # may wait for a client that does not read: the watchdog cuts that off.
-            self.expires = time.monotonic() + self.read_timeout
+            # may wait for a client that does not read: the clock cuts that off.
+            clock = self.clock
+            clock.expires = time.monotonic() + clock.wait    # clock.block(), inline: see Clock
             try:
                 try:
                     sent = (self.raw or self.sock).send(data)
@@ -107,7 +96,7 @@ class Wire:
                 if sent < len(data):
                     self.sock.sendall(data[sent:])
             finally:
-                self.expires = None
+                clock.expires = None
             return True
         return False
 
@@ -115,10 +104,12 @@ class Wire:
 
     def _recv(self, deadline: float) -> bytes:
         """The next chunk. ``deadline`` is the whole line's or DATA phase's: a read that
-        returns after it raises Expired (a slow drip), and a wait past it, or past
-        read_timeout, is cut off by the watchdog."""
+        returns after it raises Expired (a slow drip), and a wait past it, or past the
+        clock's wait, is cut off (socket.timeout)."""
         replied = self.flush()
-        self.expires = min(deadline, time.monotonic() + self.read_timeout)
+        clock = self.clock
+        expires = time.monotonic() + clock.wait          # clock.block(deadline), inline
+        clock.expires = expires if expires < deadline else deadline
         self.waiting = True
         try:
             raw = self.raw
@@ -128,19 +119,19 @@ class Wire:
                 if replied:
                     # The client answers our reply, so nothing can be there yet: wait for
                     # it first instead of a recv() that fails with EAGAIN (~3 us each).
-                    self.hub.wait(self.readable)
+                    self.wait_readable()
                 while True:
                     try:
                         chunk = raw.recv(RECV_SIZE)
                         break
                     except BlockingIOError:
-                        self.hub.wait(self.readable)
+                        self.wait_readable()
         finally:
             self.waiting = False
-            self.expires = None
+            clock.expires = None
         if not chunk:
             raise ConnectionClosed()
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline:     # Clock.passed(deadline), inline
             raise Expired()
         return chunk
 
