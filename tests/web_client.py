@@ -33,14 +33,14 @@ def wait_web_url(read_log, proc=None, timeout: float = 15.0) -> tuple[str, int]:
 class WebProcess:
     """``gsmtpd web --store URL --listen 127.0.0.1:0`` on its own."""
 
-    def __init__(self, tmp_path, store_url: str, *options: str):
+    def __init__(self, tmp_path, store_url: str, *options: str, listen: str = "127.0.0.1:0"):
         self.log_path = tmp_path / f"web-{uuid.uuid4().hex[:6]}.log"
         env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gsmtpd", "web", "--store", store_url, "--listen", "127.0.0.1:0",
+            [sys.executable, "-m", "gsmtpd", "web", "--store", store_url, "--listen", listen,
              "--logfile", str(self.log_path), "--allowed-hosts", "test.org", *options],
             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.host, self.port = wait_web_url(self.log, self.proc)
+        self.host, self.port = wait_web_url(self.log, self.proc) if listen else (None, None)
 
     def log(self) -> str:
         try:
