@@ -74,10 +74,10 @@ Handler = Callable[[Request], Response]
 
 class Router:
     """{(method, compiled pattern): handler}, tried in order. ``{name}`` in a pattern is one
-    path segment."""
+    path segment (an empty one too: the handler says what is wrong with it)."""
 
     def __init__(self, routes: list[tuple[str, str, Handler]]):
-        self.routes = [(method, re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path) + "$"), handler)
+        self.routes = [(method, re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]*)", path) + "$"), handler)
                        for method, path, handler in routes]
 
     def find(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
