@@ -6,6 +6,7 @@ import re
 import sqlite3
 import threading
 import time
+import urllib.request
 import uuid
 
 from conftest import message, send
@@ -65,7 +66,7 @@ def test_old_rows_go_in_one_pass_while_new_mail_is_stored(any_store, gsmtpd_serv
     fill(any_store, 50, age=RETENTION - 60, to="young@test.org")     # just inside the retention
     young = ids_where(any_store, "`to` = %s", ("young@test.org",))
 
-    server = gsmtpd_server(any_store, retention=RETENTION, workers=2)
+    server = gsmtpd_server(any_store, retention=RETENTION, workers=2, metrics="127.0.0.1:0")
     sender = Sender(server)
     sender.start()
     first_pass = server.wait_log(r"retention pass: purged=(\d+) chunks=(\d+)", timeout=60)
@@ -75,6 +76,12 @@ def test_old_rows_go_in_one_pass_while_new_mail_is_stored(any_store, gsmtpd_serv
     assert ids_where(any_store, "`to` = %s", ("young@test.org",)) == young
     stored = {row["hash"] for row in any_store.rows("`to` = %s", ("new@test.org",))}
     assert len(queued) > 0 and set(queued) <= stored        # every 250 during the purge is there
+
+    scrape = urllib.request.urlopen(server.wait_log(r"metrics on (http://\S+/metrics)").group(1), timeout=10)
+    metrics = scrape.read().decode()
+    assert re.search(r"^gsmtpd_retention_purged_rows_total %d\.0$" % old, metrics, re.M), metrics
+    age = float(re.search(r"^gsmtpd_oldest_message_age_seconds (\S+)$", metrics, re.M).group(1))
+    assert RETENTION - 120 < age < RETENTION                  # the young rows are now the oldest
 
 
 def test_two_purgers_at_once_lose_nothing_newer(mysql_store, gsmtpd_server, tmp_path):
