@@ -7,8 +7,9 @@ and never on the writer's connection.
 Each chunk is one autocommitted statement pair: select up to CHUNK ids older than the
 cut-off by the `date` index, then ``DELETE ... WHERE mail_id IN (...) AND date < cutoff``.
 So a chunk holds its row locks (InnoDB) or the write lock (SQLite) for a few milliseconds,
-and the writer's group commits slip in between chunks; a pause after each chunk (as long as
-the chunk took, at least PAUSE) keeps the purge below half of the database's time.
+and the writer's group commits slip in between chunks; a pause after each chunk (DUTY times
+as long as the chunk took, at least PAUSE) keeps the purge to a fifth of one connection's
+time, so a backlog drains steadily beside the writers instead of racing them.
 
 Several nodes may purge the same database at once: a chunk deletes only rows that are
 still there and still older than the cut-off (the ``date`` condition is repeated in the
@@ -31,6 +32,7 @@ log = logging.getLogger("gsmtpd.retention")
 
 CHUNK = 500            # rows per DELETE: a few ms of locks on InnoDB and SQLite alike
 PAUSE = 0.02           # seconds at least between chunks
+DUTY = 4               # pause = DUTY x the chunk's own time
 INTERVAL = 60.0        # seconds between passes (shorter when the retention is shorter)
 CONFLICT_RETRIES = 5
 
@@ -91,7 +93,7 @@ class Retention:
             chunks += 1
             if self.purged_metric is not None and deleted:
                 self.purged_metric.inc(deleted)
-            gevent.sleep(max(self.pause, time.monotonic() - began))
+            gevent.sleep(max(self.pause, DUTY * (time.monotonic() - began)))
         age = self.oldest_age()
         if self.age_metric is not None:
             self.age_metric.set(age)
