@@ -147,6 +147,8 @@ def test_events_carry_mail_stored_by_another_process(any_store, gsmtpd_server, t
     try:
         client = Client(web.host, web.port)
         box = "live@test.org"
+        send(server, "a@example.org", [box], message(subject="before the stream", to=box))
+        assert client.messages(box)                         # the web process sees it: it is old news
         stream = client.events(box)
         send(server, "a@example.org", ["someone-else@test.org"], message(to="someone-else@test.org"))
         send(server, "a@example.org", [box], message(subject="live one", to=box))

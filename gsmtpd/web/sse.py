@@ -90,9 +90,18 @@ class Events:
                 log.exception("events: poll failed")
             gevent.sleep(POLL)
 
-    def poll(self) -> None:
+    def start_cursor(self) -> None:
+        """Start from now: what is already there is no event (the lookback window below the
+        newest row counts as seen, or it would be sent as new)."""
         if self.cursor is None:
-            self.cursor = mailbox.newest_id(self.db)
+            newest = mailbox.newest_id(self.db)
+            for mail_id, _ in mailbox.new_ids(self.db, max(0, newest - LOOKBACK), PER_POLL):
+                self._remember(mail_id)
+            if self.cursor is None:
+                self.cursor = newest
+
+    def poll(self) -> None:
+        self.start_cursor()
         while True:
             rows = mailbox.new_ids(self.db, max(0, self.cursor - LOOKBACK), PER_POLL)
             wanted = []
@@ -131,9 +140,14 @@ class Events:
         address = address_param(request)
         last = request.header("Last-Event-ID") or request.query.get("last_event_id")
         since = whole_number(last, "Last-Event-ID") if last is not None else None
-        subscriber = self.subscribe(address)      # before the backlog query: nothing falls between
+        if since is None:
+            since = mailbox.newest_id(self.db)    # from now on
+        # Subscribed before the poller's cursor is set and before the backlog is read, so a
+        # row committed meanwhile comes by one way or the other (duplicates are skipped).
+        subscriber = self.subscribe(address)
         try:
-            backlog = mailbox.newer_messages(self.db, address, since, BACKLOG) if since is not None else []
+            self.start_cursor()
+            backlog = mailbox.newer_messages(self.db, address, since, BACKLOG)
         except BaseException:
             self.unsubscribe(subscriber)
             raise
