@@ -69,11 +69,17 @@ class Subscriber(threading.Thread):
         super().__init__(daemon=True)
         self.host, self.port, self.address, self.stop_event = host, port, address, stop
         self.events = 0
+        self.failed = ""
 
     def run(self) -> None:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=2)
-        conn.request("GET", f"/api/mailboxes/{self.address}/events")
-        response = conn.getresponse()
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        try:
+            conn.request("GET", f"/api/mailboxes/{self.address}/events")
+            response = conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            self.failed = repr(exc)
+            return
+        conn.sock.settimeout(1)         # so the thread notices the end of the run
         while not self.stop_event.is_set():
             try:
                 line = response.readline()
@@ -183,6 +189,7 @@ def one_run(busy: bool, messages: int, args, workdir: str, db: Database) -> dict
             result["purged_during_load"] = old_before - count_old(db)
             result["backlog"] = old_before
             result["events"] = sum(s.events for s in subscribers)
+            result["streams_failed"] = sum(1 for s in subscribers if s.failed)
             result["reads"] = reader.reads
             result["read_errors"] = reader.errors
             result["read_p50_ms"] = statistics.median(reader.latencies) * 1000 if reader.latencies else None

@@ -36,7 +36,31 @@ class StoreDown(Exception):
 # --- the two databases
 
 
-class MySQLDatabase:
+class Pool:
+    """POOL_SIZE connection slots, each opened on first use (None until then)."""
+
+    def __init__(self):
+        self.pool: LifoQueue = LifoQueue()
+        for _ in range(POOL_SIZE):
+            self.pool.put(None)
+
+    def take(self):
+        try:
+            return self.pool.get(timeout=WAIT_FOR_CONNECTION)
+        except Empty:
+            raise StoreDown("every store connection is busy") from None
+
+    def close(self) -> None:
+        while True:
+            try:
+                conn = self.pool.get_nowait()
+            except Empty:
+                return
+            if conn is not None:
+                conn.close()
+
+
+class MySQLDatabase(Pool):
     RETRY = (pymysql.err.OperationalError, pymysql.err.InterfaceError, OSError)
 
     def __init__(self, url: str, timeout: float = 10.0):
@@ -48,15 +72,10 @@ class MySQLDatabase:
                            unix_socket=query.get("unix_socket"), charset="utf8mb4", autocommit=True,
                            connect_timeout=max(1, int(timeout)), read_timeout=timeout,
                            write_timeout=timeout)
-        self.pool: LifoQueue = LifoQueue()
-        for _ in range(POOL_SIZE):
-            self.pool.put(None)          # None: a slot whose connection is opened on first use
+        super().__init__()
 
     def _run(self, work):
-        try:
-            conn = self.pool.get(timeout=WAIT_FOR_CONNECTION)
-        except Empty:
-            raise StoreDown("every store connection is busy") from None
+        conn = self.take()
         try:
             if conn is None:
                 conn = pymysql.connect(**self.params)
@@ -85,26 +104,16 @@ class MySQLDatabase:
         cause = exc.__cause__
         return isinstance(cause, pymysql.err.MySQLError) and bool(cause.args) and cause.args[0] in (1205, 1213)
 
-    def close(self) -> None:
-        while True:
-            try:
-                conn = self.pool.get_nowait()
-            except Empty:
-                return
-            if conn is not None:
-                conn.close()
 
 
-class SQLiteDatabase:
+class SQLiteDatabase(Pool):
     """sqlite3 blocks its OS thread, so each call runs in gevent's thread pool on a
     connection of its own (one per pool slot), and the event loop keeps serving."""
 
     def __init__(self, path: str, timeout: float = 10.0):
         self.path = path
         self.timeout = timeout
-        self.pool: LifoQueue = LifoQueue()
-        for _ in range(POOL_SIZE):
-            self.pool.put(None)
+        super().__init__()
 
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False,
@@ -121,10 +130,7 @@ class SQLiteDatabase:
             return conn, None, exc
 
     def _run(self, sql: str, args: tuple, fetch: bool):
-        try:
-            conn = self.pool.get(timeout=WAIT_FOR_CONNECTION)
-        except Empty:
-            raise StoreDown("every store connection is busy") from None
+        conn = self.take()
         try:
             conn, result, error = get_hub().threadpool.apply(self._call, (conn, sql, args, fetch))
         except (sqlite3.Error, OSError) as exc:       # opening the file failed
@@ -144,14 +150,6 @@ class SQLiteDatabase:
     def is_conflict(self, exc: StoreDown) -> bool:
         return isinstance(exc.__cause__, sqlite3.OperationalError) and "locked" in str(exc.__cause__)
 
-    def close(self) -> None:
-        while True:
-            try:
-                conn = self.pool.get_nowait()
-            except Empty:
-                return
-            if conn is not None:
-                conn.close()
 
 
 def open_database(url: str, timeout: float = 10.0):
