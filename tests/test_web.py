@@ -249,3 +249,23 @@ def test_bad_web_settings_are_reported(argv, problem):
     result = subprocess.run([sys.executable, "-m", "gsmtpd", *argv, "--check-config"], capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 2 and problem in result.stderr, result.stderr
+
+
+def test_web_process_beside_a_single_process_server(sqlite_store, gsmtpd_server):
+    """--workers 1 has no master: the single process starts the web process itself."""
+    server = gsmtpd_server(sqlite_store, web="127.0.0.1:0", workers=1)
+    web = web_client(server)
+    send(server, "a@example.org", ["solo@test.org"], message(subject="solo", to="solo@test.org"))
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert [m["subject"] for m in web.messages("solo@test.org")] == ["solo"]
+            break
+        except (ConnectionError, OSError):               # the web process is still starting
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.1)
+    status, headers, body = web.request("HEAD", "/api/mailboxes/solo@test.org/events")
+    assert (status, body) == (200, b"") and headers["content-type"].startswith("text/event-stream")
+    pid = int(server.wait_log(r"web process (\d+) started").group(1))
+    assert server.stop() == 0
+    assert not os.path.exists(f"/proc/{pid}")

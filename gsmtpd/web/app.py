@@ -116,6 +116,8 @@ class App:
             headers.append(("Content-Length", str(len(body))))
             body = [body]
         if environ.get("REQUEST_METHOD") == "HEAD":
+            if hasattr(body, "close"):
+                body.close()
             body = []
         start_response(f"{response.status} {HTTPStatus(response.status).phrase}", headers)
         return body

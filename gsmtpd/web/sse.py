@@ -151,7 +151,7 @@ class Events:
         except BaseException:
             self.unsubscribe(subscriber)
             raise
-        return Response(200, self._events(subscriber, backlog), "text/event-stream; charset=utf-8",
+        return Response(200, Stream(self, subscriber, backlog), "text/event-stream; charset=utf-8",
                         [("X-Accel-Buffering", "no")])
 
     def _events(self, subscriber: Subscriber, backlog: list[dict]):
@@ -171,6 +171,23 @@ class Events:
                     yield encode(item)
         finally:
             self.unsubscribe(subscriber)
+
+
+class Stream:
+    """The response body. The WSGI server calls close() when the response ends, even one it
+    never iterated (a HEAD request, a client gone before the first byte): the subscriber is
+    removed then too, which a generator's own ``finally`` would not do before it started."""
+
+    def __init__(self, events: Events, subscriber: Subscriber, backlog: list[dict]):
+        self.events, self.subscriber = events, subscriber
+        self.iterator = events._events(subscriber, backlog)
+
+    def __iter__(self):
+        return self.iterator
+
+    def close(self) -> None:
+        self.iterator.close()
+        self.events.unsubscribe(self.subscriber)
 
 
 def encode(item: dict) -> bytes:
