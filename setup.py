@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     license="GPL-3.0-or-later",
     packages=find_packages(include=["gsmtpd", "gsmtpd.*"]),
-    package_data={"gsmtpd": ["schema.sql"]},
+    package_data={"gsmtpd": ["schema.sql"], "gsmtpd.web": ["openapi.json", "static/*"]},
     python_requires=">=3.11",
     # Pinned to the tested range: the lower bounds are the oldest releases we support, the
     # upper bounds the next minor (major for gevent's calendar versions) that no test has run
@@ -25,7 +25,11 @@ setup(
         "setproctitle>=1.3,<1.4",
     ],
     extras_require={
-        "test": ["pytest>=7,<10", "pytest-timeout>=2,<3", "hypothesis>=6,<7", "supervisor>=4.2,<5"],
+        "test": ["pytest>=7,<10", "pytest-timeout>=2,<3", "hypothesis>=6,<7", "supervisor>=4.2,<5",
+                 # the inbox page in a real browser (tests/test_web_browser.py): Debian's chromium
+                 # and chromium-driver, driven by Selenium (4.52 needs a newer certifi than the
+                 # package index has; the version tested)
+                 "selenium==4.51.0"],
     },
     entry_points={"console_scripts": ["gsmtpd = gsmtpd.cli:main"]},
 )

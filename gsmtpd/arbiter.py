@@ -70,8 +70,9 @@ class WorkerInfo:
 
 
 class Arbiter:
-    def __init__(self, config, bound, argv: list[str] | None, metrics_sock=None):
+    def __init__(self, config, bound, argv: list[str] | None, metrics_sock=None, web=None):
         self.config = config
+        self.web = web                   # web/child.py: the web process, or None
         self.bound = bound               # [(ListenerSpec, socket)]
         self.metrics_sock = metrics_sock
         self.argv = argv
@@ -102,6 +103,8 @@ class Arbiter:
                  self.config.workers)
         notify.notify("READY=1", f"STATUS=serving with {self.config.workers} workers", f"MAINPID={os.getpid()}")
         while True:
+            if self.web is not None:
+                self.web.check()
             try:
                 event = self.events.get(timeout=0.5)
             except Empty:
@@ -156,6 +159,8 @@ class Arbiter:
             for note in notes:
                 log.warning("%s", note)
             logs.configure(config)
+            if self.web is not None:
+                self.web.restart(config, self.argv)
             if new_workers:
                 self.replace_workers(config, configuration.listeners(config))
             else:
@@ -332,6 +337,8 @@ class Arbiter:
         for _, sock in self.bound:
             sock.close()
         self.kill_all(signal.SIGTERM if graceful else signal.SIGQUIT)
+        if self.web is not None:
+            self.web.stop()
         limit = self.config.graceful_timeout + KILL_MARGIN if graceful else QUICK_TIMEOUT
         self.reap_all(limit, quick_on_signal=graceful)
         if self.workers:
@@ -349,6 +356,8 @@ class Arbiter:
         notify.notify("STOPPING=1", f"STATUS={reason}")
         for _, sock in self.bound:
             sock.close()
+        if self.web is not None:
+            self.web.stop()
         self.kill_all(signal.SIGTERM)
         self.reap_all(timeout=QUICK_TIMEOUT)
         if self.workers:

@@ -16,11 +16,14 @@ import logging  # noqa: E402  (after patching, on purpose)
 import os  # noqa: E402
 import sys  # noqa: E402
 
+import gevent  # noqa: E402
+
 from . import config as configuration  # noqa: E402
 from . import gevent_adapter, logs, metrics, notify  # noqa: E402
 from .arbiter import Arbiter  # noqa: E402
 from .server import bind  # noqa: E402
 from .startup import prepare_store, set_title, switch_user  # noqa: E402
+from .web.child import WebChild  # noqa: E402
 from .worker import Worker  # noqa: E402
 
 log = logging.getLogger("gsmtpd")
@@ -30,6 +33,9 @@ EXIT_OK, EXIT_START_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["web"]:
+        from .web.main import main as web_main
+        return web_main(argv[1:])
     try:
         config = configuration.load(argv)
     except configuration.ConfigError as exc:
@@ -59,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         log.error("cannot listen for metrics on %s: %s", config.metrics, exc.strerror or exc)
         return close(bound, EXIT_START_FAILED)
+    try:
+        web = WebChild.prepare(config, argv)     # the web process: --web or --retention
+    except OSError as exc:
+        log.error("cannot listen for the web inbox on %s: %s", config.web, exc.strerror or exc)
+        return close(bound, EXIT_START_FAILED)
     if config.pid_file:
         try:
             write_pid_file(config.pid_file)
@@ -79,15 +90,17 @@ def main(argv: list[str] | None = None) -> int:
                 log.error("cannot start: %s", exc)
                 return close(bound, EXIT_START_FAILED)
         if config.workers == 1:
-            return run_alone(config, bound, argv, metrics_sock)
-        return Arbiter(config, bound, argv, metrics_sock).run()
+            return run_alone(config, bound, argv, metrics_sock, web)
+        return Arbiter(config, bound, argv, metrics_sock, web=web).run()
     finally:
+        if web is not None:
+            web.close()
         metrics.cleanup()
         if config.pid_file:
             remove_pid_file(config.pid_file)
 
 
-def run_alone(config, bound, argv, metrics_sock=None) -> int:
+def run_alone(config, bound, argv, metrics_sock=None, web=None) -> int:
     """--workers 1: this process serves, with no master."""
     set_title(f"single [{' '.join('%s:%d' % sock.getsockname()[:2] for _, sock in bound)}]")
     worker = Worker(config, bound, argv, metrics_sock=metrics_sock)
@@ -100,7 +113,19 @@ def run_alone(config, bound, argv, metrics_sock=None) -> int:
     log.info("gsmtpd ready: hostname=%s store=%s allowed_hosts=%s", config.hostname,
              configuration.redact_url(config.store), ",".join(config.allowed_hosts))
     notify.notify("READY=1", "STATUS=serving", f"MAINPID={os.getpid()}")
-    return worker.serve()
+    watcher = gevent.spawn(keep_web_running, web) if web is not None else None
+    try:
+        return worker.serve()
+    finally:
+        if watcher is not None:
+            watcher.kill()
+
+
+def keep_web_running(web) -> None:
+    """--workers 1 has no master loop: this greenlet starts the web process and restarts it."""
+    while True:
+        web.check()
+        gevent.sleep(0.5)
 
 
 def close(bound, status: int) -> int:

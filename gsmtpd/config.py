@@ -298,6 +298,16 @@ SETTINGS: list[Setting] = [
     Setting("greet_pause", at_least(0, as_float), 1.0,
             "with early_talkers = reject: seconds to wait before the greeting, watching for early talk",
             metavar="SECONDS"),
+    # --- the read side: mailbox API, live inbox, retention (gsmtpd/web/, retention.py)
+    Setting("web", as_str, "",
+            "serve the mailbox API and the web inbox on ADDR:PORT from a child process (off when empty)",
+            metavar="ADDR:PORT"),
+    Setting("web_token", as_str, "",
+            "every API request must carry 'Authorization: Bearer TOKEN' (default: a mailbox is "
+            "readable by whoever knows its address)", metavar="TOKEN"),
+    Setting("retention", at_least(0, as_int), 0,
+            "delete rows older than this many seconds (0: keep forever); runs in the web process",
+            metavar="SECONDS"),
 ]
 
 BY_NAME = {s.name: s for s in SETTINGS}
@@ -438,6 +448,11 @@ def _check_consistency(values: dict[str, Any]) -> list[str]:
             host_port(values["metrics"])
         except ValueError as exc:
             problems.append(f"metrics: {exc}")
+    if values.get("web"):
+        try:
+            host_port(values["web"])
+        except ValueError as exc:
+            problems.append(f"web: {exc}")
     for host in values.get("allowed_hosts") or []:
         if "*" in host.replace("*.", "", 1) and host != "*":
             problems.append(f"allowed_hosts: {host!r}: a wildcard may only lead, as in *.example.com")
@@ -456,6 +471,8 @@ def describe(config: Config) -> str:
         value = config.values[setting.name]
         if setting.name == "store":
             value = redact_url(value)
+        if setting.name == "web_token" and value:
+            value = "***"
         lines.append(f"{setting.name} = {value!r}")
         if setting.name == "store" and value.startswith("mysql://"):
             from .members import parse_mysql_url
