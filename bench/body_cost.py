@@ -19,7 +19,7 @@ Rounds are interleaved (sent, no body, generated, derived, again) so that the ma
 drift hits all four alike. Also printed: the time of one REPLACE(CR, '') over the whole
 body on the server (the obvious derivation), which grows with the square of the size.
 
-    python3 bench/body_cost.py [--messages 60] [--rounds 3] [--size 1048576] [--chunk 1024]
+    python3 bench/body_cost.py [--messages 60] [--rounds 3] [--size 1048576] [--chunk 4096]
 """
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=60, help="messages per way and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size", type=int, default=1 << 20, help="bytes of a message")
-    parser.add_argument("--chunk", type=int, default=1024, help="bytes of a piece for 'derived'")
+    parser.add_argument("--chunk", type=int, default=4096, help="bytes of a piece for 'derived'")
     args = parser.parse_args()
     raw = message(args.size)
     cpu: dict[str, list[float]] = {way: [] for way in WAYS}
