@@ -20,6 +20,7 @@ drift hits all four alike. Also printed: the time of one REPLACE(CR, '') over th
 body on the server (the obvious derivation), which grows with the square of the size.
 
     python3 bench/body_cost.py [--messages 60] [--rounds 3] [--size 1048576] [--chunk 4096]
+                                [--mariadb-arg=--innodb-doublewrite=0]
 """
 from __future__ import annotations
 
@@ -114,11 +115,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size", type=int, default=1 << 20, help="bytes of a message")
     parser.add_argument("--chunk", type=int, default=4096, help="bytes of a piece for 'derived'")
+    parser.add_argument("--mariadb-arg", action="append", default=[], metavar="ARG",
+                        help="one more mariadbd argument (repeatable): --mariadb-arg=--innodb-doublewrite=0")
     args = parser.parse_args()
     raw = message(args.size)
     cpu: dict[str, list[float]] = {way: [] for way in WAYS}
     with ThrowawayMariaDB(extra_args=("--innodb-buffer-pool-size=128M", "--innodb-log-file-size=96M",
-                                      "--max-allowed-packet=64M")) as db:
+                                      "--max-allowed-packet=64M", *args.mariadb_arg)) as db:
         db.create_database("body_cost")
         conn = db.connect("body_cost")
         with conn.cursor() as cur:
