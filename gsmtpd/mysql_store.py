@@ -20,7 +20,7 @@ from importlib import resources
 
 import pymysql
 
-from . import metrics, mysql_protocol
+from . import metrics, mysql_protocol, pymysql_adapter
 from .members import Member, MemberSet, StoreAddress
 from .mysql_protocol import Row
 from .row import COLUMNS as DECLARED, TEXT
@@ -225,7 +225,7 @@ class MySQLBackend(Backend):
                 continue
             self.conn, self.cluster, self.member = conn, cluster, index
             self.members.connected(index)
-            conn._read_timeout = conn._write_timeout = timeout or self.timeout
+            pymysql_adapter.set_timeouts(conn, timeout or self.timeout)
             self.statements = mysql_protocol.PreparedStatements(conn, STATEMENT_CACHE)
             self.schema_ready = True
             self.last_used = time.monotonic()
