@@ -96,11 +96,18 @@ def length_prefix(length: int) -> bytes:
     return b"\xfe" + length.to_bytes(8, "little")
 
 
+# The length prefix of a value shorter than 251 bytes: its one length byte.
+_SHORT_PREFIX = [bytes((size,)) for size in range(251)]
+
+
 def _string_value(data: bytes) -> tuple[bytes, ...]:
     """string<lenenc>: a long value stays a separate piece, so it is never copied."""
-    if len(data) < DIRECT_WRITE:
-        return (length_prefix(len(data)) + data,)
-    return (length_prefix(len(data)), data)
+    size = len(data)
+    if size < 251:
+        return (_SHORT_PREFIX[size] + data,)
+    if size < DIRECT_WRITE:
+        return (length_prefix(size) + data,)
+    return (length_prefix(size), data)
 
 
 def _blob_value(parts: Blob) -> tuple[bytes, ...]:
@@ -132,49 +139,39 @@ BLOB_TYPE = bytes((TYPE_BLOB, 0))
 TINY_TYPE = bytes((TYPE_TINY, 0))
 DOUBLE_TYPE = bytes((TYPE_DOUBLE, 0))
 DATETIME_TYPE = bytes((TYPE_DATETIME, 0))
-
-
-def encode_value(value: object) -> tuple[bytes, tuple[bytes, ...] | None]:
-    """(parameter type, value pieces); None for NULL, which is a bit of the NULL bitmap."""
-    if isinstance(value, str):
-        return STRING_TYPE, _string_value(value.encode("utf-8", "replace"))
-    if isinstance(value, Utf8Text):
-        return STRING_TYPE, _blob_value(value)
-    if isinstance(value, Blob):
-        return BLOB_TYPE, _blob_value(value)
-    if isinstance(value, bytes):
-        return BLOB_TYPE, _string_value(value)
-    if value is None:
-        return NULL_TYPE, None
-    if isinstance(value, bool):          # before int: True is an int too
-        return TINY_TYPE, (b"\x01" if value else b"\x00",)
-    if isinstance(value, int):
-        return _int_value(value)
-    if isinstance(value, float):
-        return DOUBLE_TYPE, (struct.pack("<d", value),)
-    if isinstance(value, datetime.datetime):
-        return DATETIME_TYPE, (_datetime_value(value),)
-    raise TypeError(f"cannot store {type(value).__name__}")
-
-
-# The length prefix of a value shorter than 251 bytes: its one length byte.
-_SHORT_PREFIX = [bytes((size,)) for size in range(251)]
 _NULL = (NULL_TYPE, None)
 _FALSE = (TINY_TYPE, (b"\x00",))
 _TRUE = (TINY_TYPE, (b"\x01",))
-# encode_value by exact type, without its chain of isinstance() checks; anything else (a
-# subclass) goes through encode_value.
+
+# The one table of how a value of each type is sent: (parameter type, value pieces), None
+# for NULL (a bit of the NULL bitmap). Looked up by exact type, which is cheaper than a
+# chain of isinstance() checks; a subclass gets its nearest base's entry (encode_value).
 _ENCODERS = {
-    type(None): lambda value: _NULL,
-    bool: lambda value: _TRUE if value else _FALSE,
-    int: _int_value,
-    float: lambda value: (DOUBLE_TYPE, (struct.pack("<d", value),)),
-    datetime.datetime: lambda value: (DATETIME_TYPE, (_datetime_value(value),)),
-    Blob: lambda value: (BLOB_TYPE, _blob_value(value)),
+    str: lambda value: (STRING_TYPE, _string_value(value.encode("utf-8", "replace"))),
     # Declared as text_type. The body is one part: short, it is joined with its length
     # prefix into one piece, as a str's would be.
     Utf8Text: lambda value: (STRING_TYPE, _string_value(value[0]) if len(value) == 1 else _blob_value(value)),
+    Blob: lambda value: (BLOB_TYPE, _blob_value(value)),
+    bytes: lambda value: (BLOB_TYPE, _string_value(value)),
+    type(None): lambda value: _NULL,
+    bool: lambda value: _TRUE if value else _FALSE,      # a bool is an int: its own entry
+    int: _int_value,
+    float: lambda value: (DOUBLE_TYPE, (struct.pack("<d", value),)),
+    datetime.datetime: lambda value: (DATETIME_TYPE, (_datetime_value(value),)),
 }
+
+
+def encode_value(value: object) -> tuple[bytes, tuple[bytes, ...] | None]:
+    """(parameter type, value pieces) from _ENCODERS; a value of a subclass (an IntEnum, a
+    StrEnum) as its nearest base in the table, remembered for its type."""
+    kind = type(value)
+    encoder = _ENCODERS.get(kind)
+    if encoder is None:
+        base = next((base for base in kind.__mro__ if base in _ENCODERS), None)
+        if base is None:
+            raise TypeError(f"cannot store {kind.__name__}")
+        encoder = _ENCODERS[kind] = _ENCODERS[base]
+    return encoder(value)
 
 
 def encode_row(values: Iterable[object], shared: dict[int, tuple] | None = None,
@@ -199,8 +196,9 @@ def encode_row(values: Iterable[object], shared: dict[int, tuple] | None = None,
     nulls = 0
     for number, value in enumerate(values):
         if type(value) is str and len(value) < 251:
-            # Most columns: short text. Inlined, as encode_value's checks cost more than
-            # the encoding (a row is about 18 values, and a message may be many rows).
+            # Most columns: short text. _ENCODERS[str] inlined: the call and the tuple it
+            # returns cost more than the encoding (a row is about 18 values, and a message
+            # may be many rows).
             data = value.encode("utf-8", "replace")
             types.append(text_type)
             size = len(data)
