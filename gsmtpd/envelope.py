@@ -6,14 +6,17 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from . import mime
+from . import mime, row
 from .store import BODY, MAIL, Blob, Utf8Text, value_size
 from .wire import Data
 
 log = logging.getLogger("gsmtpd.session")
 
-# Column widths in schema.sql; longer values are cut so strict SQL mode never refuses a row.
-WIDTH = 255
+# Column widths (row.py); longer values are cut so strict SQL mode never refuses a row.
+# The address of the peer and the hash are never longer than theirs: they are not cut.
+(FROM, TO, SUBJECT, CHARSET, CONTENT_TYPE, RECIPIENT, RETURN_PATH, HELO,
+ MESSAGE_ID) = map(row.width, ("from", "to", "subject", "charset", "content_type", "recipient",
+                               "return_path", "helo", "message_id"))
 
 
 @dataclass(slots=True)
@@ -110,7 +113,7 @@ def parse_message(message: Data, prefer: str) -> mime.Parsed:
 def build_rows(envelope: Envelope, message: Data, *, queue_id: str, now: float, ip: str, helo: str,
                hostname: str, is_tls: bool, prefer: str, esmtp: bool = True) -> list[tuple]:
     """The new_mail rows for ``message`` (as the wire read it), one per recipient, in
-    store.COLUMNS order. ``esmtp``: the client said EHLO, not HELO."""
+    row.COLUMNS order. ``esmtp``: the client said EHLO, not HELO."""
     raw = message.message
     protocol = protocol_name(esmtp=esmtp, is_tls=is_tls, smtputf8=envelope.smtputf8)
     mail = Blob((received_header(helo=helo, ip=ip, hostname=hostname, protocol=protocol,
@@ -122,10 +125,10 @@ def build_rows(envelope: Envelope, message: Data, *, queue_id: str, now: float, 
     date = _STAMPS.at(now).column
     hashes = row_hashes(queue_id, len(envelope.recipients))
     return [
-        (date, parsed.from_addr[:WIDTH], rcpt.mailbox[:WIDTH], parsed.subject[:WIDTH], body,
-         parsed.charset[:64], mail, 0.0, row_hash, parsed.content_type[:WIDTH], rcpt.address[:WIDTH],
-         envelope.sender[:WIDTH], ip, helo[:WIDTH], int(is_tls), len(raw), parsed.has_attach,
-         parsed.message_id[:WIDTH])
+        (date, parsed.from_addr[:FROM], rcpt.mailbox[:TO], parsed.subject[:SUBJECT], body,
+         parsed.charset[:CHARSET], mail, 0.0, row_hash, parsed.content_type[:CONTENT_TYPE],
+         rcpt.address[:RECIPIENT], envelope.sender[:RETURN_PATH], ip, helo[:HELO], int(is_tls),
+         len(raw), parsed.has_attach, parsed.message_id[:MESSAGE_ID])
         for rcpt, row_hash in zip(envelope.recipients, hashes)
     ]
 

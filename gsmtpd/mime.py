@@ -22,7 +22,7 @@ import binascii
 import re
 from dataclasses import dataclass, field
 
-from gsmtpd import charsets, headers
+from gsmtpd import charsets, headers, row
 
 # Caps on hostile structure.  Past a cap the rest of the message is not
 # walked and the fields come from what was seen.
@@ -30,8 +30,8 @@ MAX_DEPTH = 32          # nested multiparts / message/rfc822
 MAX_PARTS = 128         # entities of all kinds in one message
 MAX_BOUNDARY_SCANS = 1024  # boundary candidates examined (matches or not)
 MAX_HEADER = 2 * 1024 * 1024  # header bytes searched for fields (~2 ms per MB)
-MAX_SUBJECT = 255
-MAX_MESSAGE_ID = 255
+MAX_SUBJECT = row.width("subject")          # the widths of their columns (row.py)
+MAX_MESSAGE_ID = row.width("message_id")
 BOUNDARY_GUESS_WINDOW = 8 * 1024
 
 

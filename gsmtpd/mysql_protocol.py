@@ -1,9 +1,9 @@
 """Server-side prepared statements (the binary protocol), spoken over a PyMySQL connection.
 
 PyMySQL has no prepared-statement API, but it owns everything else and we reuse it: the
-socket and its timeouts, packet framing and sequence ids (``_execute_command``,
-``_write_bytes``, ``_read_packet``), and ERR packets, which ``_read_packet`` turns into
-pymysql.err.* exceptions. This module adds the three commands the writer needs, as the
+socket and its timeouts, packet framing and sequence ids, and ERR packets, which it turns
+into pymysql.err.* exceptions. Its internals are reached through pymysql_adapter.py only,
+which checks at startup that they are there. This module adds the three commands the writer needs, as the
 MySQL and MariaDB protocol documentation describes them (the standard ones only, no
 MariaDB bulk extensions, so that MySQL works too):
 
@@ -28,8 +28,8 @@ from typing import Iterable, Iterator, NamedTuple
 
 import pymysql
 from pymysql.constants import CLIENT, COMMAND, CR
-from pymysql.protocol import OKPacketWrapper
 
+from . import pymysql_adapter as adapter
 from .store import Blob, Utf8Text
 
 # Field types of the "parameter types" of COM_STMT_EXECUTE (enum_field_types in mysql_com.h;
@@ -96,11 +96,18 @@ def length_prefix(length: int) -> bytes:
     return b"\xfe" + length.to_bytes(8, "little")
 
 
+# The length prefix of a value shorter than 251 bytes: its one length byte.
+_SHORT_PREFIX = [bytes((size,)) for size in range(251)]
+
+
 def _string_value(data: bytes) -> tuple[bytes, ...]:
     """string<lenenc>: a long value stays a separate piece, so it is never copied."""
-    if len(data) < DIRECT_WRITE:
-        return (length_prefix(len(data)) + data,)
-    return (length_prefix(len(data)), data)
+    size = len(data)
+    if size < 251:
+        return (_SHORT_PREFIX[size] + data,)
+    if size < DIRECT_WRITE:
+        return (length_prefix(size) + data,)
+    return (length_prefix(size), data)
 
 
 def _blob_value(parts: Blob) -> tuple[bytes, ...]:
@@ -132,49 +139,39 @@ BLOB_TYPE = bytes((TYPE_BLOB, 0))
 TINY_TYPE = bytes((TYPE_TINY, 0))
 DOUBLE_TYPE = bytes((TYPE_DOUBLE, 0))
 DATETIME_TYPE = bytes((TYPE_DATETIME, 0))
-
-
-def encode_value(value: object) -> tuple[bytes, tuple[bytes, ...] | None]:
-    """(parameter type, value pieces); None for NULL, which is a bit of the NULL bitmap."""
-    if isinstance(value, str):
-        return STRING_TYPE, _string_value(value.encode("utf-8", "replace"))
-    if isinstance(value, Utf8Text):
-        return STRING_TYPE, _blob_value(value)
-    if isinstance(value, Blob):
-        return BLOB_TYPE, _blob_value(value)
-    if isinstance(value, bytes):
-        return BLOB_TYPE, _string_value(value)
-    if value is None:
-        return NULL_TYPE, None
-    if isinstance(value, bool):          # before int: True is an int too
-        return TINY_TYPE, (b"\x01" if value else b"\x00",)
-    if isinstance(value, int):
-        return _int_value(value)
-    if isinstance(value, float):
-        return DOUBLE_TYPE, (struct.pack("<d", value),)
-    if isinstance(value, datetime.datetime):
-        return DATETIME_TYPE, (_datetime_value(value),)
-    raise TypeError(f"cannot store {type(value).__name__}")
-
-
-# The length prefix of a value shorter than 251 bytes: its one length byte.
-_SHORT_PREFIX = [bytes((size,)) for size in range(251)]
 _NULL = (NULL_TYPE, None)
 _FALSE = (TINY_TYPE, (b"\x00",))
 _TRUE = (TINY_TYPE, (b"\x01",))
-# encode_value by exact type, without its chain of isinstance() checks; anything else (a
-# subclass) goes through encode_value.
+
+# The one table of how a value of each type is sent: (parameter type, value pieces), None
+# for NULL (a bit of the NULL bitmap). Looked up by exact type, which is cheaper than a
+# chain of isinstance() checks; a subclass gets its nearest base's entry (encode_value).
 _ENCODERS = {
-    type(None): lambda value: _NULL,
-    bool: lambda value: _TRUE if value else _FALSE,
-    int: _int_value,
-    float: lambda value: (DOUBLE_TYPE, (struct.pack("<d", value),)),
-    datetime.datetime: lambda value: (DATETIME_TYPE, (_datetime_value(value),)),
-    Blob: lambda value: (BLOB_TYPE, _blob_value(value)),
+    str: lambda value: (STRING_TYPE, _string_value(value.encode("utf-8", "replace"))),
     # Declared as text_type. The body is one part: short, it is joined with its length
     # prefix into one piece, as a str's would be.
     Utf8Text: lambda value: (STRING_TYPE, _string_value(value[0]) if len(value) == 1 else _blob_value(value)),
+    Blob: lambda value: (BLOB_TYPE, _blob_value(value)),
+    bytes: lambda value: (BLOB_TYPE, _string_value(value)),
+    type(None): lambda value: _NULL,
+    bool: lambda value: _TRUE if value else _FALSE,      # a bool is an int: its own entry
+    int: _int_value,
+    float: lambda value: (DOUBLE_TYPE, (struct.pack("<d", value),)),
+    datetime.datetime: lambda value: (DATETIME_TYPE, (_datetime_value(value),)),
 }
+
+
+def encode_value(value: object) -> tuple[bytes, tuple[bytes, ...] | None]:
+    """(parameter type, value pieces) from _ENCODERS; a value of a subclass (an IntEnum, a
+    StrEnum) as its nearest base in the table, remembered for its type."""
+    kind = type(value)
+    encoder = _ENCODERS.get(kind)
+    if encoder is None:
+        base = next((base for base in kind.__mro__ if base in _ENCODERS), None)
+        if base is None:
+            raise TypeError(f"cannot store {kind.__name__}")
+        encoder = _ENCODERS[kind] = _ENCODERS[base]
+    return encoder(value)
 
 
 def encode_row(values: Iterable[object], shared: dict[int, tuple] | None = None,
@@ -199,8 +196,9 @@ def encode_row(values: Iterable[object], shared: dict[int, tuple] | None = None,
     nulls = 0
     for number, value in enumerate(values):
         if type(value) is str and len(value) < 251:
-            # Most columns: short text. Inlined, as encode_value's checks cost more than
-            # the encoding (a row is about 18 values, and a message may be many rows).
+            # Most columns: short text. _ENCODERS[str] inlined: the call and the tuple it
+            # returns cost more than the encoding (a row is about 18 values, and a message
+            # may be many rows).
             data = value.encode("utf-8", "replace")
             types.append(text_type)
             size = len(data)
@@ -245,12 +243,12 @@ def _exchange(conn: pymysql.connections.Connection) -> Iterator[None]:
     except pymysql.err.MySQLError:
         raise
     except BaseException:
-        conn._force_close()
+        adapter.force_close(conn)
         raise
 
 
 def _out_of_sync(conn: pymysql.connections.Connection, what: str) -> pymysql.err.OperationalError:
-    conn._force_close()
+    adapter.force_close(conn)
     return pymysql.err.OperationalError(CR.CR_COMMANDS_OUT_OF_SYNC, f"Command Out of Sync: {what}")
 
 
@@ -260,8 +258,8 @@ def prepare(conn: pymysql.connections.Connection, sql: bytes) -> Statement:
     definition per parameter and per result column, each list ended by an EOF packet unless
     CLIENT_DEPRECATE_EOF was agreed on (PyMySQL does not ask for it)."""
     with _exchange(conn):
-        conn._execute_command(COMMAND.COM_STMT_PREPARE, sql)
-        first = conn._read_packet().get_all_data()
+        adapter.execute_command(conn, COMMAND.COM_STMT_PREPARE, sql)
+        first = adapter.read_packet(conn).get_all_data()
         if len(first) < 12 or first[0] != 0:
             raise _out_of_sync(conn, "expected COM_STMT_PREPARE_OK")
         statement_id, columns, params = struct.unpack_from("<IHH", first, 1)
@@ -269,14 +267,14 @@ def prepare(conn: pymysql.connections.Connection, sql: bytes) -> Statement:
         for count in (params, columns):
             # The definitions say nothing we need: the types are ours to choose at execute.
             for _ in range(count + (1 if count and with_eof else 0)):
-                conn._read_packet()
+                adapter.read_packet(conn)
     return Statement(statement_id, params)
 
 
 def close_statement(conn: pymysql.connections.Connection, statement: Statement) -> None:
     """COM_STMT_CLOSE (0x19, statement_id int<4>): the server sends no answer."""
     with _exchange(conn):
-        conn._execute_command(COMMAND.COM_STMT_CLOSE, struct.pack("<I", statement.id))
+        adapter.execute_command(conn, COMMAND.COM_STMT_CLOSE, struct.pack("<I", statement.id))
 
 
 def execute(conn: pymysql.connections.Connection, statement: Statement, rows: list[Row]) -> int:
@@ -299,10 +297,10 @@ def execute(conn: pymysql.connections.Connection, statement: Statement, rows: li
     with _exchange(conn):
         _send_long_values(conn, statement, rows)
         write_command(conn, pieces)
-        packet = conn._read_packet()
+        packet = adapter.read_packet(conn)
         if not packet.is_ok_packet():
             raise _out_of_sync(conn, "COM_STMT_EXECUTE of an INSERT answered with a result set")
-        ok = OKPacketWrapper(packet)
+        ok = adapter.OKPacketWrapper(packet)
         conn.server_status = ok.server_status
     return ok.affected_rows
 
@@ -351,13 +349,13 @@ def write_command(conn: pymysql.connections.Connection, pieces: list) -> None:
     """Send one command whose payload is the concatenation of ``pieces``, in packets of at
     most MAX_PAYLOAD bytes with sequence ids from 0, as PyMySQL's _execute_command does for
     a payload it is given whole."""
-    if conn._sock is None:
-        raise pymysql.err.InterfaceError(0, "")      # what _execute_command says when closed
+    if adapter.is_closed(conn):
+        raise pymysql.err.InterfaceError(0, "")      # what execute_command says when closed
     length = sum(map(len, pieces))
     if length < DIRECT_WRITE:
         # A small command (a few rows of 4 KB mail): copying it whole is cheaper than
         # looking at each piece.
-        conn._write_bytes(b"".join([_packet_header(length, 0), *pieces]))
+        adapter.write_bytes(conn, b"".join([_packet_header(length, 0), *pieces]))
         sequence = 1
     else:
         if length < MAX_PAYLOAD:
@@ -365,7 +363,7 @@ def write_command(conn: pymysql.connections.Connection, pieces: list) -> None:
         else:
             wire, sequence = _split_into_packets(pieces, length)
         _write_gathered(conn, wire)
-    conn._next_seq_id = sequence      # the answer's first packet comes with this id
+    adapter.expect_answer(conn, sequence)
 
 
 def _packet_header(length: int, sequence: int) -> bytes:
@@ -405,17 +403,17 @@ def _write_gathered(conn: pymysql.connections.Connection, wire: list) -> None:
     for piece in wire:
         if len(piece) >= DIRECT_WRITE:
             if run:
-                conn._write_bytes(b"".join(run))
+                adapter.write_bytes(conn, b"".join(run))
                 run, run_size = [], 0
-            conn._write_bytes(piece)
+            adapter.write_bytes(conn, piece)
             continue
         run.append(piece)
         run_size += len(piece)
         if run_size >= DIRECT_WRITE:
-            conn._write_bytes(b"".join(run))
+            adapter.write_bytes(conn, b"".join(run))
             run, run_size = [], 0
     if run:
-        conn._write_bytes(b"".join(run))
+        adapter.write_bytes(conn, b"".join(run))
 
 
 # --- the statements of one connection

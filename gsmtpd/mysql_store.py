@@ -20,9 +20,10 @@ from importlib import resources
 
 import pymysql
 
-from . import metrics, mysql_protocol
+from . import metrics, mysql_protocol, pymysql_adapter
 from .members import Member, MemberSet, StoreAddress
 from .mysql_protocol import Row
+from .row import COLUMNS as DECLARED, TEXT
 from .store import (COLUMNS, Backend, Blob, Pending, RowRefused, StoreMisconfigured,
                     StoreUnreachable, TransientError, Verdict, message_size)
 
@@ -30,7 +31,7 @@ log = logging.getLogger("gsmtpd.store.mysql")
 
 HASH = COLUMNS.index("hash")
 # The columns that get no str value: all others are text, in utf8mb4 (schema.sql).
-NOT_TEXT = {"date", "mail", "spam_score", "is_tls", "size", "has_attach"}
+NOT_TEXT = {column.name for column in DECLARED if column.kind != TEXT}
 INSERT_PREFIX = "INSERT INTO `new_mail` (" + ",".join(f"`{c}`" for c in COLUMNS) + ") VALUES "
 ROW_PLACEHOLDERS = "(" + ",".join("?" * len(COLUMNS)) + ")"
 # A message to N recipients crosses the wire once, while each recipient still gets a row
@@ -233,7 +234,7 @@ class MySQLBackend(Backend):
                 continue
             self.conn, self.cluster, self.member = conn, cluster, index
             self.members.connected(index)
-            conn._read_timeout = conn._write_timeout = timeout or self.timeout
+            pymysql_adapter.set_timeouts(conn, timeout or self.timeout)
             self.statements = mysql_protocol.PreparedStatements(conn, STATEMENT_CACHE)
             self.schema_ready = True
             self.last_used = time.monotonic()

@@ -1,6 +1,7 @@
 -- gsmtpd: the table every accepted message lands in, one row per accepted recipient.
 -- The seed's Guerrilla SMTPd schema, fixed and extended: utf8mb4 everywhere, mail as
 -- LONGBLOB (no 64 KB cap, bytes kept exactly), body as LONGTEXT, a unique hash per row.
+-- The columns are declared in gsmtpd/row.py; tests/test_row.py holds this file to it.
 -- gsmtpd runs this itself on start (CREATE TABLE IF NOT EXISTS); you may run it by hand:
 --   mysql -u root gsmtpd < schema.sql
 CREATE TABLE IF NOT EXISTS `new_mail` (

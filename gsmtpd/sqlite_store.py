@@ -11,34 +11,12 @@ import sqlite3
 
 from gevent import get_hub
 
+from . import row
 from .store import (COLUMNS, MAIL, PER_RECIPIENT, Backend, Blob, Pending, StoreMisconfigured, TransientError,
                     Utf8Text, Verdict, value_size)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS new_mail (
-  mail_id INTEGER PRIMARY KEY AUTOINCREMENT,
-  date TEXT NOT NULL,
-  "from" TEXT NOT NULL DEFAULT '',
-  "to" TEXT NOT NULL,
-  subject TEXT NOT NULL DEFAULT '',
-  body TEXT NOT NULL,
-  charset TEXT NOT NULL DEFAULT '',
-  mail BLOB NOT NULL,
-  spam_score REAL NOT NULL DEFAULT 0,
-  hash TEXT NOT NULL UNIQUE,
-  content_type TEXT NOT NULL DEFAULT '',
-  recipient TEXT NOT NULL,
-  return_path TEXT NOT NULL DEFAULT '',
-  ip_addr TEXT NOT NULL DEFAULT '',
-  helo TEXT NOT NULL DEFAULT '',
-  is_tls INTEGER NOT NULL DEFAULT 0,
-  size INTEGER NOT NULL DEFAULT 0,
-  has_attach INTEGER NOT NULL DEFAULT 0,
-  message_id TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS new_mail_to ON new_mail ("to");
-CREATE INDEX IF NOT EXISTS new_mail_date ON new_mail (date);
-"""
+# Derived from the declaration (row.py), as MySQL's schema.sql is held to it.
+SCHEMA = row.sqlite_schema()
 
 def bindable(value):
     """sqlite3 binds bytes and str, not our parts. The body's UTF-8 goes as it is (the

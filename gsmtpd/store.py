@@ -23,14 +23,12 @@ import gevent
 from gevent.event import AsyncResult
 from gevent.queue import Empty, Full, Queue
 
-from . import metrics
+from . import metrics, row
 
 log = logging.getLogger("gsmtpd.store")
 
-# Columns of new_mail written by the server, in the order of every row tuple.
-COLUMNS = ("date", "from", "to", "subject", "body", "charset", "mail", "spam_score", "hash",
-           "content_type", "recipient", "return_path", "ip_addr", "helo", "is_tls", "size",
-           "has_attach", "message_id")
+# Columns of new_mail written by the server, in the order of every row tuple (row.py).
+COLUMNS = row.NAMES
 
 
 class Blob(tuple):
@@ -49,7 +47,7 @@ class Utf8Text(Blob):
 
 # The columns that differ between the rows of one message (one row per recipient); the
 # others are the message's and are the same in all of its rows.
-PER_RECIPIENT = ("to", "hash", "recipient")
+PER_RECIPIENT = tuple(column.name for column in row.COLUMNS if column.per_recipient)
 MAIL, BODY = COLUMNS.index("mail"), COLUMNS.index("body")
 
 

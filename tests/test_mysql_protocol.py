@@ -4,6 +4,7 @@ statement ids never outlive their connection."""
 from __future__ import annotations
 
 import datetime
+import enum
 import os
 import time
 from importlib import resources
@@ -13,7 +14,7 @@ import pytest
 from conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER, send
 from gsmtpd import mysql_protocol
 from gsmtpd.mysql_store import MySQLBackend, PACKET_SLACK, statement_sizes
-from gsmtpd.store import COLUMNS, Blob, Pending, TransientError, Verdict
+from gsmtpd.store import COLUMNS, Blob, Pending, TransientError, Utf8Text, Verdict
 from tcp_proxy import TcpProxy
 
 EVERY_BYTE = bytes(range(256))
@@ -105,6 +106,36 @@ def test_nulls_datetimes_and_numbers_land_right(backend):
                      -(1 << 63), (1 << 64) - 1, 0.25, 1)
     assert second == (None,) * 7
     conn.rollback()
+
+
+class Level(enum.IntEnum):
+    HIGH = 7
+
+
+class Word(enum.StrEnum):
+    HELLO = "h\u00e9llo"
+
+
+@pytest.mark.parametrize("value", [
+    "short", "\u00e9" * 200, "x" * 70000, b"\x00\xff", b"y" * 70000, Blob((b"a", b"b" * 70000)),
+    Utf8Text(("caf\u00e9".encode(),)), Utf8Text((b"a", b"b")), None, True, False, -5, (1 << 64) - 1,
+    1 << 64, 0.25, datetime.datetime(2026, 5, 9, 1, 2, 3), Level.HIGH, Word.HELLO])
+def test_a_row_sends_each_value_as_the_one_encoder_table_says(value):
+    """encode_row's inlined short text and its shared long text give what encode_value
+    (the table) gives; a subclass (IntEnum, StrEnum) goes as its base."""
+    kind, pieces = mysql_protocol.encode_value(value)
+    for shared in (None, {}):
+        row = mysql_protocol.encode_row([value], shared)
+        assert row.types == kind and row.nulls == (value is None)
+        assert b"".join(row.values) == b"".join(pieces or ())
+    base = {Level: int, Word: str}.get(type(value))
+    if base:
+        assert mysql_protocol.encode_value(base(value)) == (kind, pieces)
+
+
+def test_a_value_of_no_type_in_the_table_is_refused():
+    with pytest.raises(TypeError, match="cannot store bytearray"):
+        mysql_protocol.encode_row([bytearray(b"x")])
 
 
 def test_a_datetime_and_a_null_in_new_mail(backend, mysql_store):
