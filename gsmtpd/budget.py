@@ -105,9 +105,6 @@ class Budget:
         self.refusals += 1
         metrics.M.budget_refusals.inc()
 
-    def _changed(self) -> None:
-        metrics.M.budget_used.set(self.used)
-
     def _track(self, reservation: "Reservation", before: int) -> None:
         """Keep the set of big reservations (over SMALL) and the largest of them, for the
         metric; small ones stay out of it, so the 4 KB message's path is arithmetic only."""
@@ -149,7 +146,7 @@ class Reservation:
             return 0
         if size <= self.size:
             return self.size
-        wanted = cost(size)
+        wanted = COPIES * size          # cost(size), without the call: this runs once a message
         ahead = max(wanted, self.held + max(STEP, self.held // 8))
         # Ahead of need when there is room (fewer calls), else just what is needed.
         if not (self.settle(ahead) or self.settle(wanted)):
@@ -166,7 +163,7 @@ class Reservation:
             return False
         budget.used += wanted - held
         self.held = wanted
-        budget._changed()
+        metrics.M.budget_used.set(budget.used)
         if wanted > SMALL or held > SMALL:
             budget._track(self, held)
         return True

@@ -204,7 +204,10 @@ def encode_row(values: Iterable[object], shared: dict[int, tuple] | None = None,
             size = len(data)
             pieces.append(_SHORT_PREFIX[size] + data if size < 251 else length_prefix(size) + data)
             continue
-        if shared is not None and isinstance(value, str) and len(value) >= DIRECT_WRITE:
+        # type(), not isinstance(): isinstance of an int, float or datetime against str
+        # looks up its __class__ too, 7 values a row (a str subclass is encoded by
+        # encode_value, the same bytes, only not shared).
+        if shared is not None and type(value) is str and len(value) >= DIRECT_WRITE:
             encoded = shared.get(id(value))
             if encoded is None:
                 encoded = shared[id(value)] = encode_value(value)

@@ -589,7 +589,7 @@ class MySQLBackend(Backend):
         encoded = []
         for values in rows:
             row = mysql_protocol.encode_row(values, shared, self.text_type, long_from)
-            if row.size > limit or any(value.size > limit for value in row.long):
+            if row.size > limit or (row.long and any(value.size > limit for value in row.long)):
                 raise RowRefused(Verdict.TOO_BIG, f"row of {row.size + row.long_size} bytes > max_allowed_packet")
             encoded.append(row)
         return encoded
