@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import mime, row
-from .store import BODY, MAIL, Blob, Utf8Text, value_size
+from .store import BODY, MAIL, Blob, Utf8Text
 from .wire import Data
 
 log = logging.getLogger("gsmtpd.session")
@@ -134,5 +134,8 @@ def build_rows(envelope: Envelope, message: Data, *, queue_id: str, now: float, 
 
 
 def held_bytes(rows: list[tuple]) -> int:
-    """The bytes a message's rows hold (its mail and its body, shared by all of them)."""
-    return value_size(rows[0][MAIL]) + value_size(rows[0][BODY])
+    """The bytes a message's rows hold (its mail and its body, shared by all of them).
+    build_rows makes both parts (a Blob and a Utf8Text): summed here, not by value_size,
+    whose call and isinstance cost more than the sums for a 4 KB message."""
+    first = rows[0]
+    return sum(map(len, first[MAIL])) + sum(map(len, first[BODY]))
