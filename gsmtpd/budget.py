@@ -136,9 +136,6 @@ class Reservation:
     def __enter__(self) -> "Reservation":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.release()
-
     def room(self, size: int) -> int:
         """Cover a message of ``size`` bytes so far. Returns how many bytes the message may
         reach before asking again, or 0 when the budget cannot take it now (refused)."""
@@ -168,7 +165,16 @@ class Reservation:
             budget._track(self, held)
         return True
 
-    def release(self) -> None:
+    def release(self, *exc) -> None:
+        """Hold nothing (settle(0), inline: it runs once a message, also as __exit__)."""
         self.size = 0
-        if self.held:
-            self.settle(0)
+        held = self.held
+        if held:
+            budget = self.budget
+            budget.used -= held
+            self.held = 0
+            metrics.M.budget_used.set(budget.used)
+            if held > SMALL:
+                budget._track(self, held)
+
+    __exit__ = release

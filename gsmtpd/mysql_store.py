@@ -358,8 +358,14 @@ class MySQLBackend(Backend):
         """Each run of at most batch_max_bytes is one transaction (parts_by_bytes): a
         cluster replicates a transaction as one write-set, which has a size limit."""
         self._fail_back_if_due()
+        parts = parts_by_bytes(batch, self.batch_max_bytes)
+        if len(parts) == 1:
+            # The usual case, one transaction: no copy of the batch, no merge of verdicts.
+            verdicts = self._write_retrying(batch)
+            self.last_used = time.monotonic()
+            return verdicts
         verdicts = [Verdict.STORED] * len(batch)
-        for number, part in enumerate(parts_by_bytes(batch, self.batch_max_bytes)):
+        for number, part in enumerate(parts):
             try:
                 part_verdicts = self._write_retrying([batch[i] for i in part])
             except TransientError:
