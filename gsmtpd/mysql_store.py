@@ -13,6 +13,7 @@ COMMIT), so a batch is stored whole or not at all either way.
 """
 from __future__ import annotations
 
+import datetime
 import functools
 import logging
 import time
@@ -159,16 +160,31 @@ def _code(exc: BaseException) -> int:
     return exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
 
 
+# Values that add no bytes to message_bytes: their types are known without isinstance(),
+# which for an int or float against a class looks up __class__ too.
+_NO_BYTES = frozenset({int, float, bool, datetime.datetime, type(None)})
+
+
 def message_bytes(pending: Pending) -> int:
     """About the bytes a message's rows take in a transaction (text counted in characters:
-    the bound it is held to is far from any limit it guards)."""
+    the bound it is held to is far from any limit it guards). Walked once a message and
+    kept on its Pending: parts_by_bytes and _statements both ask, and a retry again."""
+    total = pending.weight
+    if total >= 0:
+        return total
     total = 0
     for row in pending.rows:
         for value in row:
-            if isinstance(value, Blob):
+            kind = type(value)
+            if kind is str or kind is bytes:
+                total += len(value)
+            elif kind in _NO_BYTES:
+                continue
+            elif isinstance(value, Blob):
                 total += sum(len(part) for part in value)
             elif isinstance(value, (bytes, str)):
                 total += len(value)
+    pending.weight = total
     return total
 
 

@@ -104,6 +104,7 @@ class Pending:
     deadline: float              # monotonic time by which its session must have a verdict
     state: int = QUEUED
     result: AsyncResult = field(default_factory=AsyncResult)
+    weight: int = -1             # bytes of its rows, once asked (mysql_store.message_bytes)
 
 
 class Backend:
