@@ -187,13 +187,15 @@ class Pace:
 
     def look(self) -> None:
         """Every SAMPLE seconds at most: quiet (full pace) or busy (``limit`` set)?"""
+        if self.seen is None:       # the first look of all: a verdict before the first chunk
+            self.seen = (time.monotonic(), newest_id(self.db))
+            gevent.sleep(SAMPLE)
         now = time.monotonic()
-        if self.seen is not None and now - self.seen[0] < SAMPLE:
+        if now - self.seen[0] < SAMPLE:
             return
         newest = newest_id(self.db)
-        if self.seen is not None:
-            arriving = (newest - self.seen[1]) / (now - self.seen[0])
-            self.limit = None if arriving < QUIET else max(FLOOR, MARGIN * self.passing())
+        arriving = (newest - self.seen[1]) / (now - self.seen[0])
+        self.limit = None if arriving < QUIET else max(FLOOR, MARGIN * self.passing())
         self.seen = (now, newest)
 
     def passing(self) -> float:
