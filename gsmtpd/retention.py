@@ -19,7 +19,7 @@ DELETE, then InnoDB's background purge of the delete-marked entries), so on a bu
 every row purged is CPU taken from the writers. Between chunks it looks at how fast rows
 arrive (the newest mail_id's growth, an index lookup; SQLite the same). Below QUIET rows a
 second the server is idle and the purge runs at full pace: a pause of DUTY times the chunk's
-own time (about 1,500 rows/s on the 2-core bench machine). Above it, the purge goes only a
+own time (1,500-5,000 rows/s on the 2-core bench machine). Above it, the purge goes only a
 little faster (MARGIN) than the rows the cut-off is passing right now, counted as those dated
 within the next AHEAD seconds after it, and at least FLOOR rows a second: in steady state that
 is what arrived one retention ago, so retention keeps up, while a backlog of rows long past
