@@ -335,6 +335,12 @@ class Session:
         domain = self.config.primary_host or domain.rstrip(".") or self.config.hostname
         return f"{local}@{domain}".lower()
 
+    def largest_kept(self) -> int:
+        """The most of one message (DATA or all its BDAT chunks) this session keeps: its size
+        limit, or less when the database or the byte budget could never hold it. Past it
+        the rest is read and dropped and the reply is 552."""
+        return min(self.server.store.largest_message(self.config.max_size), self.server.budget.largest_message())
+
     def smtp_DATA(self, argument: str) -> None:
         if self.envelope is None:
             self.reply(R.NEED_MAIL if self.helo is not None else R.NEED_HELO)
@@ -350,7 +356,7 @@ class Session:
             return
         envelope, self.envelope = self.envelope, None
         self.reply(R.START_DATA)
-        keep = min(self.server.store.largest_message(self.config.max_size), self.server.budget.largest_message())
+        keep = self.largest_kept()
         # The message's bytes count against the worker's budget until its reply, on every path.
         with self.server.budget.hold() as held:
             # RFC 5321 4.5.3.2.5-6: a deadline for each read and one for the whole DATA phase.
@@ -404,7 +410,7 @@ class Session:
         elif self.clock.passed(envelope.chunks_deadline):
             raise Hangup(R.DATA_TIMEOUT, discard_queued=True)
         total = len(envelope.chunks) + size
-        keep = min(self.server.store.largest_message(self.config.max_size), self.server.budget.largest_message())
+        keep = self.largest_kept()
         # The chunks count against the worker's byte budget as DATA does (budget.py), from
         # the first chunk until the transaction's reply: a chunk the budget cannot take now
         # is read and dropped and gets 452 4.3.1, and the sender retries later.
