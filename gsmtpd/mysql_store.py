@@ -160,6 +160,20 @@ def _code(exc: BaseException) -> int:
     return exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
 
 
+def _opening_failed(exc: BaseException, what: str) -> Exception:
+    """What a failure while opening a connection to a member means: not ready (1047, a
+    Galera member outside the primary component), nothing answering there, or a refusal
+    (credentials, database, schema) that the start reports as a misconfiguration."""
+    if isinstance(exc, OSError):
+        return StoreUnreachable(f"{what}: {exc}")
+    code = _code(exc)
+    if code == NOT_READY:
+        return MemberDown(str(exc))
+    if code in UNREACHABLE:
+        return StoreUnreachable(f"{what}: {exc}")
+    return StoreMisconfigured(f"MySQL refused us: {exc}")
+
+
 # Values that add no bytes to message_bytes: their types are known without isinstance(),
 # which for an int or float against a class looks up __class__ too.
 _NO_BYTES = frozenset({int, float, bool, datetime.datetime, type(None)})
@@ -268,12 +282,8 @@ class MySQLBackend(Backend):
         try:
             conn = pymysql.connect(**self.params, **member.connect_args(), connect_timeout=timeout,
                                    read_timeout=timeout, write_timeout=timeout)
-        except pymysql.err.MySQLError as exc:
-            if _code(exc) in UNREACHABLE:
-                raise StoreUnreachable(f"cannot connect: {exc}") from exc
-            raise StoreMisconfigured(f"MySQL refused us: {exc}") from exc
-        except OSError as exc:
-            raise StoreUnreachable(f"cannot connect: {exc}") from exc
+        except (pymysql.err.MySQLError, OSError) as exc:
+            raise _opening_failed(exc, "cannot connect") from exc
         try:
             with conn.cursor() as cur:
                 cluster = self._check_ready(cur)
@@ -291,14 +301,8 @@ class MySQLBackend(Backend):
                 conn.close()
             except Exception:  # already broken
                 pass
-            if isinstance(exc, pymysql.err.MySQLError):
-                if _code(exc) == NOT_READY:
-                    raise MemberDown(str(exc)) from exc
-                if _code(exc) in UNREACHABLE:
-                    raise StoreUnreachable(f"lost while connecting: {exc}") from exc
-                raise StoreMisconfigured(f"MySQL refused us: {exc}") from exc
-            if isinstance(exc, OSError):
-                raise StoreUnreachable(f"lost while connecting: {exc}") from exc
+            if isinstance(exc, (pymysql.err.MySQLError, OSError)):
+                raise _opening_failed(exc, "lost while connecting") from exc
             raise
 
     @staticmethod
