@@ -13,7 +13,7 @@ setup(
     # Pinned to the tested range: the lower bounds are the oldest releases we support, the
     # upper bounds the next minor (major for gevent's calendar versions) that no test has run
     # against. gsmtpd leans on private internals of gevent and PyMySQL for speed (see
-    # mysql_protocol.py, wire.py), which a new release may change without notice. Tested
+    # gevent_adapter.py, pymysql_adapter.py), which a new release may change without notice. Tested
     # with gevent 26.9.0, PyMySQL 1.2.4, cchardet 2.4.1, prometheus-client 0.26.0,
     # setproctitle 1.3.8 (and pytest 9.0.3, pytest-timeout 2.4.0, hypothesis 6.155.2,
     # supervisor 4.3.0) on CPython 3.11.

@@ -43,7 +43,7 @@ MAX_LABEL = 64
 # - the "replacement" group (iso-2022-kr, hz-gb-2312) is decoded for real:
 #   browsers refuse them for XSS reasons that do not apply to stored mail;
 # - WHATWG's euc-kr group is split: "euc-kr" itself also takes KS X 1001's
-#   composed Hangul (see _strict), the KS C 5601 / cp949 labels do not; both
+#   composed Hangul (see decode_strict), the KS C 5601 / cp949 labels do not; both
 #   decode as cp949 otherwise and are stored as "euc-kr".
 _WHATWG = {
     "utf-8": "unicode-1-1-utf-8 unicode11utf8 unicode20utf8 utf-8 utf8 x-unicode20utf8",
@@ -203,9 +203,22 @@ def _python_codec_names() -> dict[str, str]:
             info = codecs.lookup(module_name)
         except LookupError:
             continue
-        if info._is_text_encoding:
+        if _is_text_codec(info.name):
             result[alias] = info.name
     return result
+
+
+def _is_text_codec(name: str) -> bool:
+    """False for a bytes-to-bytes or str-to-str codec (base64, zlib, rot13 ...): str.encode
+    accepts text encodings only and raises LookupError for the others. (Non-empty bytes to
+    bytes.decode would do too, but an empty bytes object is decoded without a lookup.)"""
+    try:
+        "".encode(name)
+    except LookupError:
+        return False
+    except Exception:  # a text codec that refuses even "" (undefined): still text
+        return True
+    return True
 
 
 def _build_label_table() -> dict[str, str]:
@@ -298,7 +311,7 @@ def _decode_windows_1252(data: bytes) -> str:
 _HANGUL_FILLER = b"\xa4\xd4"
 
 
-def _strict(data: bytes, canonical: str) -> str | None:
+def decode_strict(data: bytes, canonical: str) -> str | None:
     """Decode with the charset's codecs, or None if the bytes do not fit it."""
     if canonical == "windows-1252":
         return _decode_windows_1252(data)
@@ -334,10 +347,10 @@ def _decode_declared(data: bytes, canonical: str) -> tuple[str, str] | None:
     if superset is not None and _C1_BYTES.search(data):
         # RFC 2046 4.1.2 wants the label obeyed, but C1 controls in
         # iso-8859-1 text are always Windows quotes and dashes in practice.
-        text = _strict(data, superset)
+        text = decode_strict(data, superset)
         if text is not None:
             return text, superset
-    text = _strict(data, canonical)
+    text = decode_strict(data, canonical)
     if text is None:
         return None
     return text, reported_name(canonical)
@@ -389,7 +402,7 @@ def _decode_undeclared(data: bytes, declared: str | None) -> tuple[str, str]:
             return text, "utf-8"
     guess = detect(data)
     if guess and guess != declared:
-        text = _strict(data, guess)
+        text = decode_strict(data, guess)
         if text is not None:
             return text, reported_name(guess)
     fallback = declared or guess or "utf-8"

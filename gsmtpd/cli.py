@@ -20,7 +20,7 @@ import gevent  # noqa: E402
 
 from . import config as configuration  # noqa: E402
 from . import gevent_adapter, logs, metrics, notify  # noqa: E402
-from . import pymysql_adapter  # noqa: E402
+from . import pymysql_adapter, stdlib_adapter  # noqa: E402
 from .arbiter import Arbiter  # noqa: E402
 from .server import bind  # noqa: E402
 from .startup import prepare_store, set_title, switch_user  # noqa: E402
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
 
     logs.configure(config)
-    unsupported = gevent_adapter.unsupported() or pymysql_adapter.unsupported()
+    unsupported = (gevent_adapter.unsupported() or pymysql_adapter.unsupported()
+                   or stdlib_adapter.unsupported())
     if unsupported:
         log.error("cannot start: %s", unsupported)
         return EXIT_START_FAILED

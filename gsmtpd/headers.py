@@ -134,7 +134,7 @@ def text(value: bytes, hints: tuple[str | None, ...] = ()) -> str:
     for hint in hints:
         canonical = charsets.normalize(hint)
         if canonical and canonical not in charsets.NOT_ASCII_COMPATIBLE and canonical != "utf-8":
-            decoded = charsets._strict(value, canonical)
+            decoded = charsets.decode_strict(value, canonical)
             if decoded is not None:
                 return decoded
     return charsets.decode(value, None)[0]

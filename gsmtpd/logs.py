@@ -30,6 +30,7 @@ from gevent import get_hub
 from gevent.monkey import get_original
 
 from . import pid as this_process
+from . import stdlib_adapter
 
 TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 
@@ -192,9 +193,19 @@ class LeanRecord(logging.LogRecord):
         self.funcName = func
         self.created = created
         self.msecs = int((created - int(created)) * 1000) + 0.0
-        self.relativeCreated = (created - logging._startTime) * 1000
+        self.relativeCreated = (created - _LOGGING_STARTED) * 1000
         self.thread = self.threadName = self.processName = self.taskName = None
         self.process = this_process.current()
+
+
+def _logging_started() -> float:
+    """When the logging module was loaded, as a stdlib record's relativeCreated counts
+    from: read off one such record rather than logging's private _startTime."""
+    record = logging.LogRecord("", logging.INFO, "", 0, "", None, None)
+    return record.created - record.relativeCreated / 1000
+
+
+_LOGGING_STARTED = _logging_started()
 
 
 @functools.lru_cache(maxsize=64)
@@ -209,7 +220,7 @@ def _file_and_module(pathname) -> tuple:
 def lean_records() -> None:
     """Leave out of every LogRecord what no gsmtpd line prints (the logging docs,
     "Optimization"), and make records with LeanRecord."""
-    logging._srcfile = None
+    stdlib_adapter.skip_caller_lookup()
     logging.logThreads = False
     logging.logMultiprocessing = False
     logging.setLogRecordFactory(LeanRecord)

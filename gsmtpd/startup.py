@@ -105,7 +105,8 @@ def preload() -> None:
             importlib.import_module("encodings." + module.name)
         except Exception:  # codecs of other platforms (mbcs, oem ...)
             pass
-    for name in ("gsmtpd.mysql_store", "gsmtpd.sqlite_store", "pymysql._auth", "sqlite3"):
+    # (PyMySQL's connections module imports its auth scramblers itself, with mysql_store.)
+    for name in ("gsmtpd.mysql_store", "gsmtpd.sqlite_store", "sqlite3"):
         try:
             importlib.import_module(name)
         except ImportError:
