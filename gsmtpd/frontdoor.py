@@ -40,7 +40,9 @@ class FrontDoor:
         self.server = server
         self.config = server.config      # a reload does not change a connection under way
         self.listener = listener
-        self.peer_ip = address[0] if isinstance(address, tuple) else str(address)
+        # A link-local IPv6 peer comes with its zone ("fe80::1%eth0"): this host's interface,
+        # which made the address up to 55 characters for the 45 of ip_addr; the address is kept.
+        self.peer_ip = (address[0] if isinstance(address, tuple) else str(address)).partition("%")[0]
         self.ip = self.peer_ip
         self.is_tls = False
         self.admitted = False            # holds one of the per-address slots of self.ip

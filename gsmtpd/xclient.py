@@ -13,6 +13,11 @@ from . import replies as R
 ATTRIBUTES = {"NAME", "ADDR", "PORT", "PROTO", "HELO", "LOGIN", "DESTADDR", "DESTPORT"}
 _XTEXT_HEX = re.compile(r"\+([0-9A-F]{2})")
 UNKNOWN_VALUES = {"[UNAVAILABLE]", "[TEMPUNAVAIL]"}
+# ADDR is an address (Postfix XCLIENT_README; its valid_ipv6_hostaddr() takes hex digits,
+# ":" and "." only). ipaddress also takes an IPv6 zone ("%eth0"), an interface of the
+# proxy's host that means nothing here and would not fit the 45-character ip_addr column
+# (39 for the longest IPv6 text, 45 for the IPv4-mapped one written out): checked first.
+_ADDRESS_CHARACTERS = re.compile(r"[0-9A-Fa-f:.]{2,45}\Z")
 
 
 def decode_xtext(value: str) -> str:
@@ -35,6 +40,8 @@ def parse_xclient(argument: str) -> dict[str, str] | R.Reply:
             continue
         if name == "ADDR":
             address = value[5:] if value.upper().startswith("IPV6:") else value
+            if not _ADDRESS_CHARACTERS.match(address):
+                return R.BAD_XCLIENT
             try:
                 value = str(ipaddress.ip_address(address))
             except ValueError:

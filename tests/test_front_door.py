@@ -253,6 +253,27 @@ def test_xclient_from_a_trusted_peer_sets_the_client(sqlite_store, gsmtpd_server
     assert (row["ip_addr"], row["helo"]) == ("192.0.2.44", "mail.example.net")
 
 
+@pytest.mark.parametrize("addr", ["IPV6:fe80::1%eth0", "IPV6:fe80::1%25eth0", "fe80::1%eth0",
+                                  "IPV6:::ffff:255.255.255.255%" + "z" * 40, "IPV6:fe80::1%"])
+def test_xclient_addr_with_a_zone_is_refused_and_the_next_one_stored(any_store, gsmtpd_server, addr):
+    """A zone id ("%eth0") names an interface of the proxy's host, meaningless here (Postfix's
+    XCLIENT takes an address, and refuses the "%"), and could overflow the 45-character
+    ip_addr column: 501 5.5.4, the session keeps going, and the message is stored with the
+    address XCLIENT gave next."""
+    server = gsmtpd_server(any_store, trusted_networks="127.0.0.0/8")
+    client = server.raw()
+    client.reply()
+    client.command("EHLO proxy")
+    assert client.command(f"XCLIENT ADDR={addr}") == "501 5.5.4 Bad XCLIENT attribute"
+    assert client.command("XCLIENT ADDR=IPV6:fe80::7") == "220 mx.test ESMTP gsmtpd"
+    client.command("EHLO proxy")
+    client.command("MAIL FROM:<a@example.org>")
+    client.command("RCPT TO:<b@test.org>")
+    client.command("DATA")
+    assert QUEUED.match(client.command(b"Subject: x\r\n\r\nhi\r\n."))
+    assert [row["ip_addr"] for row in any_store.rows()] == ["fe80::7"]
+
+
 def test_xclient_from_anyone_else_is_an_unknown_command(sqlite_store, gsmtpd_server):
     server = gsmtpd_server(sqlite_store)
     client = server.raw()
