@@ -1,7 +1,6 @@
 """One mail transaction (MAIL, RCPT..., DATA) and the rows it becomes."""
 from __future__ import annotations
 
-import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -10,7 +9,6 @@ from . import mime, row
 from .store import BODY, MAIL, Blob, Utf8Text
 from .wire import Data
 
-log = logging.getLogger("gsmtpd.session")
 
 # Column widths (row.py); longer values are cut so strict SQL mode never refuses a row.
 # The address of the peer and the hash are never longer than theirs: they are not cut.
@@ -101,13 +99,10 @@ def received_header(*, helo: str, ip: str, hostname: str, protocol: str, queue_i
 
 
 def parse_message(message: Data, prefer: str) -> mime.Parsed:
-    """MIME never costs a message: on any failure the fields are empty and the raw is kept.
-    What the wire learnt while reading (every line end a CRLF) spares mime a scan."""
-    try:
-        return mime.parse(message.message, prefer, message.crlf_only)
-    except Exception:  # a bug in our parser must not lose mail; the raw message is stored
-        log.exception("MIME parsing failed; storing the raw message with empty fields")
-        return mime.Parsed("", "", "", "", "text/plain", 0, "")
+    """MIME never costs a message: mime.parse() never raises (on a failure the body is the
+    raw message, and the failure is logged there). What the wire learnt while reading
+    (every line end a CRLF) spares mime a scan."""
+    return mime.parse(message.message, prefer, message.crlf_only)
 
 
 def build_rows(envelope: Envelope, message: Data, *, queue_id: str, now: float, ip: str, helo: str,

@@ -13,16 +13,21 @@ So this is a lean parser on bytes, built from three moves:
    original buffer (offsets, no copies), iteratively, under caps;
 3. decode only the one body part that is shown (charsets.py).
 
-parse() never raises: malformed input gives best-effort fields.
+parse() never raises: malformed input gives best-effort fields, and a failure of the
+parser itself gives the raw message as the body (logged, with the traceback once per place).
 """
 
 from __future__ import annotations
 
 import binascii
+import logging
 import re
+import traceback
 from dataclasses import dataclass, field
 
 from gsmtpd import charsets, headers, row
+
+log = logging.getLogger("gsmtpd.mime")
 
 # Caps on hostile structure.  Past a cap the rest of the message is not
 # walked and the fields come from what was seen.
@@ -68,13 +73,40 @@ _BASE64 = "base64"
 _QUOTED_PRINTABLE = "quoted-printable"
 
 
+# What bad bytes can make the decoding steps raise (a codec: UnicodeError, LookupError;
+# binascii.Error and int(): ValueError). The corpus and the fuzz tests (tests/test_mime.py,
+# which call _parse without this net; 30,000 mangled corpus messages with swapped charset
+# labels and transfer encodings, every codec label in encoded words) raised none of them:
+# anything else is a bug, and its traceback is logged (once per place it was raised from).
+_MALFORMED = (ValueError, LookupError)
+_reported: set[tuple] = set()
+
+
 def parse(raw: bytes, prefer: str = "html", crlf_only: bool = False) -> Parsed:
-    """The stored fields of one message as received (CRLF lines).  Never raises.
+    """The stored fields of one message as received (CRLF lines).  Never raises: if the
+    parser fails, the body is the raw message as text, so the row stays readable.
     ``crlf_only`` says every CR and LF in ``raw`` is part of a CRLF (the server checked)."""
+    raw = bytes(raw)
     try:
-        return _parse(bytes(raw), "text/plain" if prefer == "plain" else "text/html", crlf_only)
-    except Exception:  # a bug must cost one message's fields, not the session
-        return Parsed("", "", "", "us-ascii", "text/plain", 0, "")
+        return _parse(raw, "text/plain" if prefer == "plain" else "text/html", crlf_only)
+    except _MALFORMED as exc:
+        log.warning("MIME parsing failed (%s: %s); the body is the raw message", type(exc).__name__, exc)
+    except Exception as exc:  # a bug must cost one message's fields, not the session: said loudly
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        place = (type(exc), where.filename, where.lineno)
+        if place in _reported:
+            log.error("MIME parser bug (%s at %s:%d, traceback logged before); the body is the raw message",
+                      type(exc).__name__, where.filename, where.lineno)
+        else:
+            _reported.add(place)
+            log.exception("MIME parser bug; the body is the raw message")
+    return _raw_fields(raw)
+
+
+def _raw_fields(raw: bytes) -> Parsed:
+    """The fields of a message the parser failed on: the whole message, as UTF-8 text."""
+    text = raw.decode("utf-8", "replace").replace("\r\n", "\n")
+    return Parsed("", "", charsets.clean(text), "utf-8", "text/plain", 0, "")
 
 
 def _parse(raw: bytes, preferred: str, crlf_only: bool = False) -> Parsed:

@@ -110,3 +110,44 @@ def test_hostile_message_is_stored_while_other_sessions_keep_answering(mysql_sto
     assert replies and set(replies) == {"250 2.0.0 OK"}, replies[-3:]
     row = mysql_store.rows()[0]
     assert row["size"] == len(build()) + (0 if build().endswith(b"\r\n") else 2)
+
+
+# A bug in the parser, planted in the real server by a sitecustomize module: any From:
+# holding "parser-bug@" makes _from_address raise, as a mistake in our code would.
+PLANTED_BUG = '''
+import gsmtpd.mime as mime
+_from_address = mime._from_address
+def _buggy(value, hints):
+    if value and b"parser-bug@" in value:
+        raise TypeError("planted parser bug")
+    return _from_address(value, hints)
+mime._from_address = _buggy
+'''
+
+
+def test_a_parser_bug_stores_the_raw_message_and_logs_its_traceback_once(mysql_store, gsmtpd_server,
+                                                                         tmp_path, monkeypatch):
+    """Bad input never costs a message: the 250 comes after the row, whose body is the raw
+    message; the bug is not hidden: its traceback is in the log, once, and the next message
+    it hits gets one line naming where."""
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "sitecustomize.py").write_text(PLANTED_BUG)
+    monkeypatch.setenv("PYTHONPATH", str(planted))
+    server = gsmtpd_server(mysql_store)
+    client = server.raw()
+    client.start_data()
+    raw = b"From: <parser-bug@example.org>\r\nSubject: caf\xc3\xa9\r\n\r\nfirst line\r\nsecond line\r\n"
+    assert QUEUED.match(client.command(dot_stuff(raw)[:-2]))
+    assert client.command("MAIL FROM:<a@example.org>").startswith("250")
+    assert client.command("RCPT TO:<b@test.org>").startswith("250")
+    assert client.command("DATA").startswith("354")
+    assert QUEUED.match(client.command(dot_stuff(b"From: <parser-bug@example.org>\r\n\r\nagain\r\n")[:-2]))
+    rows = mysql_store.rows()
+    assert [row["body"] for row in rows] == [
+        "From: <parser-bug@example.org>\nSubject: caf\u00e9\n\nfirst line\nsecond line\n",
+        "From: <parser-bug@example.org>\n\nagain\n"]
+    assert [row["charset"] for row in rows] == ["utf-8", "utf-8"]
+    log = server.wait_log(r"MIME parser bug \(TypeError at \S+sitecustomize.py:\d+, traceback logged before\)").string
+    assert log.count("TypeError: planted parser bug") == 1
+    assert log.count("MIME parser bug; the body is the raw message\nTraceback") == 1
