@@ -215,6 +215,8 @@ class Arbiter:
             watcher.cancel()
         for other in self.workers.values():
             os.close(other.control)
+        if self.web is not None:
+            self.web.leave()
         notify.forget()
         control.die_with_parent()
         set_title("worker")

@@ -141,6 +141,43 @@ def test_listening_is_logged_once_per_listener_with_the_real_port(sqlite_store, 
 # --- a worker dies or hangs
 
 
+def listening_socket(port: int) -> str:
+    """The "socket:[inode]" link of the TCP socket listening on 127.0.0.1:port (/proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":      # 0A: LISTEN
+            return f"socket:[{fields[9]}]"
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def open_files(pid: int) -> set[str]:
+    links = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            links.add(os.readlink(fd))
+        except FileNotFoundError:       # closed while we looked
+            pass
+    return links
+
+
+def test_workers_do_not_hold_the_web_socket(sqlite_store, gsmtpd_server):
+    """The master binds the web socket for the web process; an SMTP worker has no use for it,
+    and holding it would keep the port open (and its backlog filling) after the web process
+    and the master are gone."""
+    server = gsmtpd_server(sqlite_store, web="127.0.0.1:0", workers=2)
+    web = listening_socket(int(server.wait_log(r"web inbox on http://127\.0\.0\.1:(\d+)/").group(1)))
+    workers = [int(pid) for pid in re.findall(r"worker (\d+) serving",
+                                              server.wait_log(r"(?s)worker \d+ serving.*worker \d+ serving").string)]
+    assert web in open_files(server.proc.pid)       # the master keeps it, to restart the web process
+    web_process = int(server.wait_log(r"web process (\d+) started").group(1))
+    wait_until(lambda: web in open_files(web_process), what="the web process holding the socket")
+    assert [pid for pid in workers if web in open_files(pid)] == []
+    os.kill(workers[0], signal.SIGKILL)             # a worker forked later does not get it either
+    new = wait_until(lambda: [int(pid) for pid in re.findall(r"worker (\d+) serving", server.log())
+                              if int(pid) not in workers], what="a new worker")
+    assert [pid for pid in new if web in open_files(pid)] == []
+
+
 def test_killed_worker_is_replaced_and_every_250_has_its_row(mysql_store, gsmtpd_server):
     server = gsmtpd_server(mysql_store, workers=2)
     first = wait_workers(server, 2)

@@ -97,6 +97,14 @@ class WebChild:
                 proc.wait()
         log.info("web process %d stopped", proc.pid)
 
+    def leave(self) -> None:
+        """In a forked SMTP worker: close its copy of the web socket, which it never serves
+        and which would keep the port open after the master and the web process are gone.
+        The web process stays the master's to watch and stop."""
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = self.proc = None
+
     def close(self) -> None:
         self.stop()
         if self.sock is not None:
