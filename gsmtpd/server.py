@@ -165,8 +165,8 @@ class Server:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful stop: no new connections; idle sessions get 421 4.3.0 now, busy ones
-        finish their transaction (a message in DATA gets its 250 after commit) and get 421
-        at their next command; after ``timeout`` seconds whatever is left is cut off."""
+        finish their transaction (a message in DATA, or between BDAT chunks, gets its 250
+        after commit) and get 421 at their next command; after ``timeout`` seconds whatever is left is cut off."""
         self.accepting = False
         for listener in self.listeners:
             listener.close()

@@ -111,11 +111,19 @@ class Session:
 
     @property
     def idle(self) -> bool:
-        """Waiting for the client's next command, with nothing of ours in flight."""
-        return self.reading_command and self.wire.waiting
+        """Waiting for the client's next command, with nothing of ours in flight and no
+        message under way: between two BDAT chunks a message is, as it is within DATA."""
+        return self.reading_command and self.wire.waiting and not self.in_chunks
+
+    @property
+    def in_chunks(self) -> bool:
+        """A BDAT transaction has chunks and waits for more (or LAST)."""
+        return self.envelope is not None and self.envelope.chunks is not None
 
     def next_command(self) -> bytes | None:
-        if not self.server.accepting:
+        # A graceful stop lets a message under way finish (Server.stop): the next BDAT
+        # chunk is read; the session ends at the first command after the transaction.
+        if not self.server.accepting and not self.in_chunks:
             raise shutting_down()
         self.reading_command = True
         try:

@@ -4,8 +4,9 @@ the arbiter, which talks to it through signals, a control pipe and a heartbeat (
 
 Signal handlers only enqueue; ``serve()`` takes them off the queue one at a time:
 
-- TERM: graceful. Stop accepting; a session in DATA gets its 250 after the commit, idle
-  sessions get 421 4.3.0; the writer flushes; after ``graceful_timeout`` the rest is cut off.
+- TERM: graceful. Stop accepting; a session in DATA (or between BDAT chunks: its next
+  chunks are read) gets its 250 after the commit, idle sessions get 421 4.3.0; the writer
+  flushes; after ``graceful_timeout`` the rest is cut off.
 - INT, QUIT: quick. Sessions are cut off, the writer gets a moment to flush.
 - HUP (alone only): reload the configuration file. Under a master, the master reloads and
   sends the checked configuration down the control pipe instead.

@@ -98,6 +98,36 @@ def test_term_lets_data_finish_gives_idle_sessions_421_and_exits_0(any_store, gs
         socket.create_connection((server.host, server.port), timeout=2)
 
 
+@pytest.mark.parametrize("workers", [2, 1])
+def test_term_lets_a_bdat_transaction_finish_as_data_does(any_store, gsmtpd_server, workers):
+    """Between two chunks a BDAT session waits for a command, but its message is under way:
+    on TERM it is not idle, its next chunks are read and LAST gets the 250 after the row."""
+    server = gsmtpd_server(any_store, workers=workers)
+    busy, idle = server.raw(), server.raw()
+    assert busy.reply().startswith("220") and busy.command("EHLO busy.example").startswith("250")
+    assert busy.command("MAIL FROM:<alice@example.org>").startswith("250")
+    assert busy.command("RCPT TO:<bob@test.org>").startswith("250")
+    content = message(subject="mid-BDAT")
+    busy.send(b"BDAT 40\r\n" + content[:40])
+    assert busy.reply() == "250 2.0.0 40 octets received"
+    assert idle.reply().startswith("220") and idle.command("EHLO idle.example").startswith("250")
+
+    server.proc.send_signal(signal.SIGTERM)
+    assert idle.reply() == "421 4.3.0 Server shutting down, try again later"
+    wait_until(lambda: server.log().count("stopping: no new connections") == (workers + 1 if workers > 1 else 1),
+               10, "every process to be stopping")
+    rest = content[40:]
+    middle = len(rest) // 2
+    busy.send(b"BDAT %d\r\n" % middle + rest[:middle])
+    assert busy.reply() == f"250 2.0.0 {middle} octets received"
+    busy.send(b"BDAT %d LAST\r\n" % (len(rest) - middle) + rest[middle:])
+    stored = queue_id(busy.reply())
+    assert [r["subject"] for r in any_store.rows("hash = %s", (stored,))] == ["mid-BDAT"]
+    assert busy.command("NOOP") == "421 4.3.0 Server shutting down, try again later", \
+        "the transaction done, the session ends as any other"
+    assert server.proc.wait(30) == 0
+
+
 def test_graceful_timeout_cuts_off_a_stalled_transfer(sqlite_store, gsmtpd_server):
     server = gsmtpd_server(sqlite_store, workers=2, graceful_timeout=1)
     stalled = server.raw()
