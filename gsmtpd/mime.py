@@ -90,7 +90,8 @@ def parse(raw: bytes, prefer: str = "html", crlf_only: bool = False) -> Parsed:
     try:
         return _parse(raw, "text/plain" if prefer == "plain" else "text/html", crlf_only)
     except _MALFORMED as exc:
-        log.warning("MIME parsing failed (%s: %s); the body is the raw message", type(exc).__name__, exc)
+        # repr, cut: the text may quote the message's bytes (CR, LF, megabytes).
+        log.warning("MIME parsing failed (%s: %.200r); the body is the raw message", type(exc).__name__, str(exc))
     except Exception as exc:  # a bug must cost one message's fields, not the session: said loudly
         where = traceback.extract_tb(exc.__traceback__)[-1]
         place = (type(exc), where.filename, where.lineno)

@@ -120,6 +120,8 @@ _from_address = mime._from_address
 def _buggy(value, hints):
     if value and b"parser-bug@" in value:
         raise TypeError("planted parser bug")
+    if value and b"bad-bytes@" in value:
+        raise UnicodeDecodeError("utf-8", value, 0, 1, "planted\\r\\ninvalid start byte")
     return _from_address(value, hints)
 mime._from_address = _buggy
 '''
@@ -151,3 +153,23 @@ def test_a_parser_bug_stores_the_raw_message_and_logs_its_traceback_once(mysql_s
     log = server.wait_log(r"MIME parser bug \(TypeError at \S+sitecustomize.py:\d+, traceback logged before\)").string
     assert log.count("TypeError: planted parser bug") == 1
     assert log.count("MIME parser bug; the body is the raw message\nTraceback") == 1
+
+
+def test_what_bad_bytes_raise_stores_the_raw_message_with_one_warning(mysql_store, gsmtpd_server,
+                                                                     tmp_path, monkeypatch):
+    """A decoding error (what malformed input could raise, though the fuzz tests found none)
+    is no bug of ours: one warning line, no traceback, and the raw message as the body."""
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "sitecustomize.py").write_text(PLANTED_BUG)
+    monkeypatch.setenv("PYTHONPATH", str(planted))
+    server = gsmtpd_server(mysql_store)
+    client = server.raw()
+    client.start_data()
+    raw = b"From: <bad-bytes@example.org>\r\n\r\nbody\r\n"
+    assert QUEUED.match(client.command(dot_stuff(raw)[:-2]))
+    assert [row["body"] for row in mysql_store.rows()] == ["From: <bad-bytes@example.org>\n\nbody\n"]
+    log = server.wait_log(r"WARNING gsmtpd\.mime: MIME parsing failed \(UnicodeDecodeError: "
+                          r"\"'utf-8' codec can't decode byte 0x3c in position 0: planted\\r\\ninvalid start byte\"\); "
+                          r"the body is the raw message\n").string
+    assert "Traceback" not in log
