@@ -14,6 +14,30 @@ retrying a 452 until stored) while one sender of 4 KB messages measures the time
 final dot to the 250, on the idle server first and then under the load; printed: the 4 KB
 p50/p99 both ways, the big messages stored and refused, and the worker's CPU seconds.
 The server runs from this work tree, or from ``--tree DIR`` (another checkout).
+
+Where a 4 KB message's time goes under ``--mixed 20`` (9 MiB, 64 MiB budget; pyenv 3.11.7,
+the shared 2-core machine at load 5-8, so every figure is noisy; from a throwaway
+instrumented copy that timed each 4 KB message's queue wait, write and wake-up in the
+store and the event loop's lag with a 5 ms ticker):
+- One writer (as built): loaded p50 335-740 ms, p99 0.9-2.6 s (idle p50 1-8 ms, p99 3-55).
+  58-71% of the loaded time is the wait in the queue while the writer writes a big
+  message (0.4-0.8 s each under this load), 21-36% is before the session gets to read the
+  final dot (event-loop lag: a 9 MiB DATA is read without a switch while bytes keep
+  coming, then unstuffed and parsed in one go), the 4 KB message's own write ~5%.
+- One big write, alone on MariaDB 10.11 over TCP (a throwaway script, 9 MiB text message,
+  its mail and body 17.9 MiB of long data): upload (COM_STMT_SEND_LONG_DATA, until a ping
+  after it is answered) 22-43 ms, EXECUTE 123-176 ms (median 166), COMMIT 1-9 ms. The
+  server's execute of the big row is ~80%: sending its long data in slices with small
+  commits between them could save at most the upload's ~17% (~5% over a Unix socket),
+  so it was not built. Nor was committing small batches between the big messages of one
+  batch: big batches were almost always one message already, and it measured the same.
+- A second writer connection for messages of 1 MiB or more (a throwaway prototype, the
+  design question put to the product owner): loaded p50 1.3-4 ms, p99 330-670 ms, ten
+  times the 4 KB messages through; what is left is event-loop lag (51-62%) and the 4 KB
+  write running beside the big one's execute on the server (a plain two-connection test
+  on MariaDB: 4 KB commits p99 86-158 ms beside 9 MiB writes, 10-22 ms alone). So a
+  second writer fixes the median, not the 2x-of-idle p99: that also needs big messages'
+  CPU (read, unstuff, MIME) off the event loop, or broken by switches.
 """
 from __future__ import annotations
 
