@@ -19,7 +19,8 @@ Where a 4 KB message's time goes under ``--mixed 20`` (9 MiB, 64 MiB budget; pye
 the shared 2-core machine at load 5-8, so every figure is noisy; from a throwaway
 instrumented copy that timed each 4 KB message's queue wait, write and wake-up in the
 store and the event loop's lag with a 5 ms ticker):
-- One writer (as built): loaded p50 335-740 ms, p99 0.9-2.6 s (idle p50 1-8 ms, p99 3-55).
+- One writer (as built): loaded p50 5-740 ms (10 of 11 runs 290-740), p99 0.75-2.6 s (idle
+  p50 1-8 ms, p99 3-55).
   58-71% of the loaded time is the wait in the queue while the writer writes a big
   message (0.4-0.8 s each under this load), 21-36% is before the session gets to read the
   final dot (event-loop lag: a 9 MiB DATA is read without a switch while bytes keep
