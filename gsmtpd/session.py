@@ -321,8 +321,8 @@ class Session:
         # RFC 5321 4.5.3.1.8 / 4.5.3.1.10: a limit on recipients answers 452, not 5xx.
         # Each recipient's row holds the whole message and its body: a message declared big
         # may have only so many (one always), or its commit would outlast the save timeout.
-        if len(envelope.recipients) >= self.config.max_recipients or self.too_many_to_store(
-                len(envelope.recipients) + 1, envelope.size):
+        count = len(envelope.recipients)
+        if count >= self.config.max_recipients or count and self.too_many_to_store(count + 1, envelope.size):
             self.reply(R.TOO_MANY_RECIPIENTS)
             return
         mailbox = self.mailbox(path.local, path.domain)
@@ -482,7 +482,8 @@ class Session:
             raise Hangup(R.DATA_TIMEOUT, discard_queued=True) from None
 
     def deliver(self, envelope: Envelope, message: Data, held=None) -> R.Reply:
-        if self.too_many_to_store(len(envelope.recipients), message.size):
+        # (len() first: a message to one recipient, the usual one, pays no call.)
+        if len(envelope.recipients) > 1 and self.too_many_to_store(len(envelope.recipients), message.size):
             # No SIZE= was declared, or a smaller one, so the RCPTs could not be held to
             # --max-stored-bytes (RFC 5321 4.5.3.1.8 has us take 100 recipients whatever
             # the message); its rows would outlast the save timeout, and 451 after it would
