@@ -195,17 +195,69 @@ def _fqdn() -> str:
 
 
 def machine_memory() -> int:
-    """Bytes of physical memory (0 when the system does not say)."""
+    """Bytes of memory this process may use: the machine's physical memory, or its cgroup's
+    limit when that is less (a container, a systemd MemoryMax=); 0 when nothing says."""
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
+        physical = 0
+    limit = cgroup_memory_limit()
+    return min(physical, limit) if physical and limit else physical or limit
+
+
+# cgroup v1 writes "no limit" as the largest page-aligned long (9223372036854771712); v2
+# writes "max". Anything this big is no limit either.
+NO_CGROUP_LIMIT = 1 << 62
+
+
+def cgroup_limit_in(path: str) -> int:
+    """The memory limit one cgroup file sets (v2 memory.max, v1 memory.limit_in_bytes):
+    bytes, or 0 for none ("max", v1's huge number, no such file, not a number)."""
+    try:
+        with open(path) as file:
+            text = file.read().strip()
+    except OSError:
         return 0
+    if not text.isdigit():
+        return 0               # "max"
+    limit = int(text)
+    return limit if 0 < limit < NO_CGROUP_LIMIT else 0
+
+
+def cgroup_memory_limit(root: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup") -> int:
+    """The least memory limit of this process's cgroups, v2 and v1 (0: none). Each line of
+    ``membership`` is "id:controllers:path" (cgroups(7)): "0::/path" is the v2 group, mounted
+    at ``root`` (or at root/unified on a hybrid v1/v2 system); a v1 line whose controllers
+    include memory names its group under root/memory. A parent's limit binds its children,
+    so the group and each parent up to the mount are read. In a container without a cgroup
+    namespace of its own the path is the host's and is not found under the mount, whose own
+    files are then the container's limit: missing files are passed over."""
+    try:
+        with open(membership) as file:
+            lines = file.read().splitlines()
+    except OSError:
+        return 0
+    limits = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            places, name = [root, os.path.join(root, "unified")], "memory.max"
+        elif "memory" in controllers.split(","):
+            places, name = [os.path.join(root, "memory")], "memory.limit_in_bytes"
+        else:
+            continue
+        parts = [part for part in path.split("/") if part and part not in (".", "..")]
+        for place in places:
+            for depth in range(len(parts), -1, -1):
+                limits.append(cgroup_limit_in(os.path.join(place, *parts[:depth], name)))
+    return min((limit for limit in limits if limit), default=0)
 
 
 def default_memory_budget(workers: int) -> int:
-    """A quarter of the machine's memory for mail in flight, shared by the workers: the
-    database (often on the same machine), the page cache and the workers' own ~50 MB each
-    need the rest. Never under 64 MiB, the room for three 10 MiB messages (budget.py)."""
+    """A quarter of the memory this process may use (the machine's, or its cgroup's limit
+    when less) for mail in flight, shared by the workers: the database (often on the same
+    machine), the page cache and the workers' own ~50 MB each need the rest. Never under
+    64 MiB, the room for three 10 MiB messages (budget.py)."""
     return max(64 * MiB, machine_memory() // 4 // max(1, workers))
 
 
@@ -242,8 +294,8 @@ SETTINGS: list[Setting] = [
     # --- memory (budget.py): every byte of mail a worker holds counts against its budget
     Setting("memory_budget", at_least(0, as_int), 0,
             "bytes of mail one worker may hold at once (DATA being read, messages waiting for "
-            "and being written); beyond it 452 4.3.1. 0: a quarter of the machine's memory "
-            "over the workers, at least 64 MiB", metavar="BYTES"),
+            "and being written); beyond it 452 4.3.1. 0: a quarter of the machine's memory (or "
+            "of its cgroup's limit, when less) over the workers, at least 64 MiB", metavar="BYTES"),
     Setting("max_stored_bytes", at_least(1, as_int), 1024 * MiB,
             "bytes of rows one message may make (its size and body, once per recipient): a RCPT "
             "past it for the declared SIZE gets 452 4.5.3 and the client sends to the rest later. "

@@ -121,6 +121,11 @@ RELAY_DENIED = reply(550, "5.7.1", "Relaying denied")
 # RFC 1870 section 6.1: 552 when the declared or actual size exceeds the fixed limit.
 TOO_BIG = reply(552, "5.3.4", "Message size exceeds fixed limit")
 TOO_BIG_TO_STORE = reply(552, "5.3.4", "Message too big for storage")
+# A message with no SIZE= whose rows (its size and body, once per recipient) pass
+# --max-stored-bytes, found after its data: permanent, because a 452 here would be retried
+# with the same recipients and refused again, forever (session.Session.deliver says why).
+TOO_BIG_FOR_RECIPIENTS = reply(552, "5.3.4", "Message too big for this many recipients; "
+                               "send it to fewer recipients at a time")
 REJECTED_BY_STORE = reply(554, "5.3.0", "Message refused by storage")
 
 # --- CHUNKING and BINARYMIME (RFC 3030)

@@ -195,7 +195,9 @@ class Session:
             self._release_chunks()
 
     def extensions(self) -> tuple[str, ...]:
-        extensions = [f"SIZE {self.config.max_size}", "PIPELINING", "8BITMIME", "CHUNKING",
+        # RFC 1870 4: SIZE is the fixed maximum, so the least of max_size and what the
+        # database and the byte budget could ever take (largest_kept), not just max_size.
+        extensions = [f"SIZE {self.largest_kept()}", "PIPELINING", "8BITMIME", "CHUNKING",
                       "BINARYMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
         if self.door.can_starttls():
             extensions.append("STARTTLS")
@@ -327,9 +329,8 @@ class Session:
         # RFC 5321 4.5.3.1.8 / 4.5.3.1.10: a limit on recipients answers 452, not 5xx.
         # Each recipient's row holds the whole message and its body: a message declared big
         # may have only so many (one always), or its commit would outlast the save timeout.
-        rows_bytes = (len(envelope.recipients) + 1) * cost(envelope.size)
-        if len(envelope.recipients) >= self.config.max_recipients or (
-                envelope.recipients and rows_bytes > self.config.max_stored_bytes):
+        count = len(envelope.recipients)
+        if count >= self.config.max_recipients or count and self.too_many_to_store(count + 1, envelope.size):
             self.reply(R.TOO_MANY_RECIPIENTS)
             return
         mailbox = self.mailbox(path.local, path.domain)
@@ -342,6 +343,12 @@ class Session:
         """The `to` column. A primary host files every local part under one domain."""
         domain = self.config.primary_host or domain.rstrip(".") or self.config.hostname
         return f"{local}@{domain}".lower()
+
+    def too_many_to_store(self, recipients: int, size: int) -> bool:
+        """A message of ``size`` bytes to this many recipients makes more rows than
+        --max-stored-bytes (its size and body, ``cost``, once per recipient); one recipient
+        is always allowed: its one row is what the message costs anyway."""
+        return recipients > 1 and recipients * cost(size) > self.config.max_stored_bytes
 
     def largest_kept(self) -> int:
         """The most of one message (DATA or all its BDAT chunks) this session keeps: its size
@@ -483,6 +490,22 @@ class Session:
             raise Hangup(R.DATA_TIMEOUT, discard_queued=True) from None
 
     def deliver(self, envelope: Envelope, message: Data, held=None) -> R.Reply:
+        # (len() first: a message to one recipient, the usual one, pays no call.)
+        if len(envelope.recipients) > 1 and self.too_many_to_store(len(envelope.recipients), message.size):
+            # No SIZE= was declared, or a smaller one, so the RCPTs could not be held to
+            # --max-stored-bytes (RFC 5321 4.5.3.1.8 has us take 100 recipients whatever
+            # the message); its rows would outlast the save timeout, and 451 after it would
+            # repeat on every retry. Known only now, the answer is 452 or 552. A 452 is
+            # retried with the same recipients and meets the same answer until the message
+            # expires in the sender's queue days later; 552 now, saying what to do, is the
+            # honest one: the bounce tells the sender to split the recipients. A client that
+            # declares SIZE= (Postfix, Exim and most MTAs do when SIZE is advertised) never
+            # gets here: its RCPTs past the limit get 452 4.5.3 and it sends to those in
+            # another transaction (RFC 5321 4.5.3.1.10).
+            reply = R.TOO_BIG_FOR_RECIPIENTS
+            log.info("refused ip=%s from=<%s> size=%d recipients=%d reply=%s", self.door.ip,
+                     envelope.sender, message.size, len(envelope.recipients), reply.text)
+            return reply
         queue_id = new_queue_id()
         now = time.time()
         door = self.door

@@ -220,7 +220,7 @@ def test_a_9_mib_message_to_100_recipients_crosses_to_mariadb_once(mysql_store, 
         before = forwarder.sent
         started = time.monotonic()
         with server.smtp() as client:
-            client.timeout = 150
+            client.sock.settimeout(150)    # the commit of 100 rows: 10-40 s on a busy machine
             assert client.sendmail("a@example.org", recipients, message) == {}
         seconds = time.monotonic() - started
         sent = forwarder.sent - before
@@ -328,3 +328,113 @@ def test_the_budget_is_released_when_a_sender_vanishes_or_times_out_in_data(sqli
     assert slow.reply() == "421 4.4.2 Timeout during DATA, closing connection"
     wait_metric(port, used, lambda v: v == 0)
     assert sqlite_store.count() == 0
+
+
+# --- a message to many recipients with no SIZE=, EHLO's SIZE, the default budget
+
+
+def send_raw(server, recipients: list[str], message: bytes, *, bdat: bool, size: int | None = None) -> list[str]:
+    """One transaction over a raw socket: the replies to each RCPT, then the one after the
+    data (DATA and its final dot, or one BDAT LAST)."""
+    client = server.raw()
+    try:
+        assert client.reply().startswith("220 ")
+        assert client.command("EHLO c").startswith("250")
+        declared = f" SIZE={size}" if size is not None else ""
+        assert client.command(f"MAIL FROM:<a@example.org>{declared}") == "250 2.1.0 Sender OK"
+        replies = [client.command(f"RCPT TO:<{rcpt}>") for rcpt in recipients]
+        if bdat:
+            client.send(f"BDAT {len(message)} LAST\r\n".encode() + message)
+            replies.append(client.reply())
+        else:
+            assert client.command("DATA").startswith("354 ")
+            client.send(message)                 # ends with CRLF; no line starts with a dot
+            replies.append(client.command("."))
+        return replies
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("verb", ["DATA", "BDAT"])
+def test_a_message_without_size_to_more_recipients_than_max_stored_bytes_allows_gets_552(any_store, gsmtpd_server, verb):
+    """No SIZE=: the RCPTs cannot be held to --max-stored-bytes, so the message is refused
+    after its data when its rows (2 x its size, once per recipient) would pass it: 552, for
+    a 452 would be retried with the same recipients for ever. Fewer recipients: stored; the
+    same message with SIZE= gets 452 4.5.3 at the RCPT past the limit and then its 250."""
+    server = gsmtpd_server(any_store, workers=1, max_stored_bytes=4 * MiB)
+    message = mail(1 * MiB - 4096, verb)          # 3 rows of 2 x 1 MiB: over 4 MiB; 2 are not
+    three = ["r1@test.org", "r2@test.org", "r3@test.org"]
+    bdat = verb == "BDAT"
+    replies = send_raw(server, three, message, bdat=bdat)
+    assert replies == ["250 2.1.5 Recipient OK"] * 3 + [
+        "552 5.3.4 Message too big for this many recipients; send it to fewer recipients at a time"]
+    assert any_store.count() == 0
+    server.wait_log(r"recipients=3 reply=552 5\.3\.4 Message too big for this many recipients")
+    replies = send_raw(server, three[:2], message, bdat=bdat)
+    assert replies[:2] == ["250 2.1.5 Recipient OK"] * 2 and replies[2].startswith("250 2.0.0 OK: queued as ")
+    replies = send_raw(server, three, message, bdat=bdat, size=len(message))
+    assert replies[2] == "452 4.5.3 Too many recipients" and replies[3].startswith("250 2.0.0 OK: queued as ")
+    rows = any_store.rows()
+    assert sorted(row["recipient"] for row in rows) == ["r1@test.org"] * 2 + ["r2@test.org"] * 2
+    assert all(bytes(row["mail"]).endswith(message) for row in rows)
+
+
+def test_ehlo_advertises_no_more_than_the_budget_could_ever_hold(sqlite_store, gsmtpd_server):
+    """RFC 1870 4: SIZE is the fixed maximum. A 64 MiB budget holds at most a message of
+    (64 - 8) / 2 = 28 MiB (budget.largest_message): with --max-size 40 MiB, EHLO says 28 MiB,
+    a MAIL declaring exactly that is taken and one byte more is refused for good."""
+    server = gsmtpd_server(sqlite_store, workers=1, memory_budget=64 * MiB, max_size=40 * MiB)
+    client = server.raw()
+    assert client.reply().startswith("220 ")
+    advertised = [line for line in client.command("EHLO c").split("\n") if line.startswith("250-SIZE ")]
+    assert advertised == [f"250-SIZE {28 * MiB}"]
+    assert client.command(f"MAIL FROM:<a@example.org> SIZE={28 * MiB}") == "250 2.1.0 Sender OK"
+    assert client.command("RSET").startswith("250")
+    assert client.command(f"MAIL FROM:<a@example.org> SIZE={28 * MiB + 1}") == "552 5.3.4 Message too big for storage"
+    # Under the budget's bound, max_size is what is advertised, as before.
+    small = gsmtpd_server(sqlite_store, workers=1, memory_budget=64 * MiB, max_size=10 * MiB).raw()
+    assert small.reply().startswith("220 ")
+    assert f"250-SIZE {10 * MiB}" in small.command("EHLO c").split("\n")
+
+
+def write(path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_the_default_budget_reads_cgroup_v2_and_v1_memory_limits(tmp_path):
+    from gsmtpd.config import cgroup_limit_in, cgroup_memory_limit
+    root = tmp_path / "cgroup"
+    # One file: a number, "max" (v2: none), v1's page-aligned LONG_MAX (none), missing.
+    write(root / "a" / "memory.max", "536870912\n")
+    write(root / "b" / "memory.max", "max\n")
+    write(root / "c" / "memory.limit_in_bytes", "9223372036854771712\n")
+    assert cgroup_limit_in(str(root / "a" / "memory.max")) == 512 * MiB
+    assert cgroup_limit_in(str(root / "b" / "memory.max")) == 0
+    assert cgroup_limit_in(str(root / "c" / "memory.limit_in_bytes")) == 0
+    assert cgroup_limit_in(str(root / "none" / "memory.max")) == 0
+    # v2: the group's own limit is "max", its parent's binds it.
+    proc = tmp_path / "proc-self-cgroup"
+    write(proc, "0::/system.slice/gsmtpd.service\n")
+    write(root / "system.slice" / "gsmtpd.service" / "memory.max", "max\n")
+    write(root / "system.slice" / "memory.max", "2147483648\n")
+    assert cgroup_memory_limit(str(root), str(proc)) == 2 * 1024 * MiB
+    write(root / "system.slice" / "gsmtpd.service" / "memory.max", "1073741824\n")
+    assert cgroup_memory_limit(str(root), str(proc)) == 1024 * MiB
+    # v1 (a hybrid system, as this project's machine: memory under v1, "0::/" in v2's unified).
+    hybrid = tmp_path / "hybrid"
+    write(proc, "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n0::/\n")
+    write(hybrid / "memory" / "memory.limit_in_bytes", "9223372036854771712\n")
+    write(hybrid / "memory" / "docker" / "abc" / "memory.limit_in_bytes", "805306368\n")
+    write(hybrid / "cpu,cpuacct" / "docker" / "abc" / "memory.limit_in_bytes", "1\n")   # not memory's
+    assert cgroup_memory_limit(str(hybrid), str(proc)) == 768 * MiB
+    # A container without a cgroup namespace: the host's path is not under the mount, whose
+    # own file is the container's limit.
+    container = tmp_path / "container"
+    write(container / "memory.max", "268435456\n")
+    write(proc, "0::/kubepods/pod1/abc\n")
+    assert cgroup_memory_limit(str(container), str(proc)) == 256 * MiB
+    # No limit anywhere, or no cgroups at all: 0, and the machine's memory decides.
+    write(container / "memory.max", "max\n")
+    assert cgroup_memory_limit(str(container), str(proc)) == 0
+    assert cgroup_memory_limit(str(container), str(tmp_path / "no-such-file")) == 0
