@@ -10,6 +10,9 @@ equal the 250 replies the server logged. See bench/README.md.
     python bench/run.py --scale 0.1        # a quick run
     python bench/run.py --only W1,IDLE --profile
     python bench/run.py --gsmtpd-args "--batch-max 500" --server-arg=--workers=2
+    python bench/run.py --peer "other=exec my-smtpd --port {port}" --peer-rows "other=SELECT COUNT(*) FROM db.mail"
+
+--peer adds another SMTP server to every round, between smtp-sink and gsmtpd.
 """
 from __future__ import annotations
 
