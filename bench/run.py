@@ -136,6 +136,21 @@ class Database:
     def execute(self, sql: str) -> None:
         self._query(sql)
 
+    def server_pids(self) -> list[int] | None:
+        """The process of the server this run uses, from its pid file, when it runs on this
+        machine; None when that cannot be told. Summing every mariadbd here counted other
+        people's throwaway test servers too, and one that exited during a load made the
+        database's CPU negative (-3.08 ms a message at W2 on 2026-12-07)."""
+        try:
+            path = self._query("SELECT @@pid_file")[0][0]
+            with open(path) as fh:
+                pid = int(fh.read().split()[0])
+            with open(f"/proc/{pid}/comm") as fh:
+                comm = fh.read().strip()
+        except (OSError, ValueError, IndexError, TypeError, self.pymysql.MySQLError):
+            return None
+        return [pid] if comm in ("mariadbd", "mysqld") else None
+
     def status(self) -> dict[str, int]:
         """Server-wide counters (shared with anything else using this MariaDB)."""
         rows = self._query("SHOW GLOBAL STATUS WHERE Variable_name IN ('Com_commit', 'Com_stmt_execute', 'Innodb_data_fsyncs', 'Bytes_received')")
@@ -524,8 +539,10 @@ def settle(window: float = 0.5, max_wait: float = SETTLE_MAX_S) -> float:
             return round(busy, 1)
 
 
-def mysqld_cpu() -> float:
-    return sum(cpu_seconds(pid) or 0.0 for pid in find_pids("mariadbd", "mysqld"))
+def mysqld_cpu(pids: list[int] | None = None) -> float:
+    """CPU seconds of the database server: ``pids`` (Database.server_pids()), else of every
+    mariadbd/mysqld on the machine."""
+    return sum(cpu_seconds(pid) or 0.0 for pid in (find_pids("mariadbd", "mysqld") if pids is None else pids))
 
 
 def phase_sink(wl: Workload, messages: int, args, workdir: str, probe: bool, floor: bool = False) -> dict:
@@ -565,7 +582,7 @@ def phase_gsmtpd(wl: Workload, messages: int, args, workdir: str, db: Database, 
     try:
         watch = TreeWatch(server.pid).start()
         watch.mark()
-        db_cpu = mysqld_cpu()
+        db_cpu = mysqld_cpu(args.db_pids)
         if profile_to:
             spy = subprocess.Popen(["py-spy", "record", "--nonblocking", "--subprocesses", "--nolineno",
                                     "--format", "raw", "--rate", "200", "-o", profile_to,
@@ -581,7 +598,7 @@ def phase_gsmtpd(wl: Workload, messages: int, args, workdir: str, db: Database, 
         ended = time.monotonic()
         if latency:
             latency.stop()
-        db_cpu = mysqld_cpu() - db_cpu
+        db_cpu = mysqld_cpu(args.db_pids) - db_cpu
         watch.stop()
         if spy:
             spy.send_signal(signal.SIGINT)
@@ -638,7 +655,7 @@ def phase_peer(wl: Workload, messages: int, args, workdir: str, db: Database, na
     try:
         watch = TreeWatch(server.pid).start()
         watch.mark()
-        db_cpu = mysqld_cpu()
+        db_cpu = mysqld_cpu(args.db_pids)
         latency = LatencyProbe(HOST, server.port).start() if probe else None
         db_status = db.status()
         machine = machine_cpu()
@@ -648,7 +665,7 @@ def phase_peer(wl: Workload, messages: int, args, workdir: str, db: Database, na
         ended = time.monotonic()
         if latency:
             latency.stop()
-        db_cpu = mysqld_cpu() - db_cpu
+        db_cpu = mysqld_cpu(args.db_pids) - db_cpu
         watch.stop()
     finally:
         status = server.stop()
@@ -1035,7 +1052,8 @@ def main(argv: list[str] | None = None) -> int:
             results["rev"] = git("rev-parse", "--short", args.rev)
         args.server_flags = server_flags(args.source)
         db.create()
-        results["database"] = {"name": db.name, **db.variables()}
+        args.db_pids = db.server_pids()
+        results["database"] = {"name": db.name, "server_pids": args.db_pids, **db.variables()}
         for name in args.wanted:
             wl = WORKLOADS.get(name)
             if wl is None:
