@@ -647,9 +647,16 @@ def phase_peer(wl: Workload, messages: int, args, workdir: str, db: Database, na
     --peer-rows says how to count them, are what the count grew by over the run, taken
     after the peer stopped, so a 250 given before its row was committed shows as lost."""
     rows_sql, reset_sql = args.peer_rows.get(name), args.peer_reset.get(name)
+
+    def peer_sql(option: str, sql: str, run):
+        try:
+            return run(sql)
+        except db.pymysql.MySQLError as exc:
+            raise RuntimeError(f"peer {name}: {option} {sql!r}: {exc}") from None
+
     if reset_sql:
-        db.execute(reset_sql)
-    rows_before = db.count(rows_sql) if rows_sql else None
+        peer_sql("--peer-reset", reset_sql, db.execute)
+    rows_before = peer_sql("--peer-rows", rows_sql, db.count) if rows_sql else None
     settled = settle(max_wait=args.settle_max)
     server = Peer(workdir, name, args.peers[name], args.peer_start_timeout)
     try:
@@ -674,7 +681,7 @@ def phase_peer(wl: Workload, messages: int, args, workdir: str, db: Database, na
     # in its warnings, so the count below is then an upper bound.
     source_acked = messages - load["source_refused"]
     acked = source_acked + probe_acked
-    rows = db.count(rows_sql) - rows_before if rows_sql else None
+    rows = peer_sql("--peer-rows", rows_sql, db.count) - rows_before if rows_sql else None
     return {
         "messages": messages, **load, "acked": acked, "acked_upper_bound": load["source_exits"] > 0,
         "rows": rows,
