@@ -10,6 +10,9 @@ equal the 250 replies the server logged. See bench/README.md.
     python bench/run.py --scale 0.1        # a quick run
     python bench/run.py --only W1,IDLE --profile
     python bench/run.py --gsmtpd-args "--batch-max 500" --server-arg=--workers=2
+    python bench/run.py --peer "other=exec my-smtpd --port {port}" --peer-rows "other=SELECT COUNT(*) FROM db.mail"
+
+--peer adds another SMTP server to every round, between smtp-sink and gsmtpd.
 """
 from __future__ import annotations
 
@@ -122,6 +125,32 @@ class Database:
         if self._has_table():
             self._query("TRUNCATE TABLE new_mail", self.name)
 
+    def count(self, sql: str) -> int:
+        """The number a query of someone else's table returns (--peer-rows): the first
+        column of its first row, on this server, no default database."""
+        rows = self._query(sql)
+        if not rows or rows[0][0] is None:
+            raise RuntimeError(f"{sql!r} returned no number")
+        return int(rows[0][0])
+
+    def execute(self, sql: str) -> None:
+        self._query(sql)
+
+    def server_pids(self) -> list[int] | None:
+        """The process of the server this run uses, from its pid file, when it runs on this
+        machine; None when that cannot be told. Summing every mariadbd here counted other
+        people's throwaway test servers too, and one that exited during a load made the
+        database's CPU negative (-3.08 ms a message at W2 on 2026-12-07)."""
+        try:
+            path = self._query("SELECT @@pid_file")[0][0]
+            with open(path) as fh:
+                pid = int(fh.read().split()[0])
+            with open(f"/proc/{pid}/comm") as fh:
+                comm = fh.read().strip()
+        except (OSError, ValueError, IndexError, TypeError, self.pymysql.MySQLError):
+            return None
+        return [pid] if comm in ("mariadbd", "mysqld") else None
+
     def status(self) -> dict[str, int]:
         """Server-wide counters (shared with anything else using this MariaDB)."""
         rows = self._query("SHOW GLOBAL STATUS WHERE Variable_name IN ('Com_commit', 'Com_stmt_execute', 'Innodb_data_fsyncs', 'Bytes_received')")
@@ -216,6 +245,71 @@ class Floor:
         stop_process(self.proc, 5)
         self.proc.stdout.close()
         self.stderr.close()
+
+
+class Peer:
+    """Another SMTP server measured beside gsmtpd (--peer NAME=COMMAND): COMMAND runs under
+    /bin/sh in a process group of its own, with {port} replaced by a port that was free a
+    moment ago (it must listen there on 127.0.0.1) and {dir} by an empty directory of its
+    own for configuration, logs and pid files. A fresh start per load, as for gsmtpd."""
+
+    started = 0
+
+    def __init__(self, workdir: str, name: str, template: str, timeout: float):
+        Peer.started += 1
+        self.name = name
+        self.dir = os.path.join(workdir, f"peer-{Peer.started:02d}-{safe_name(name)}")
+        os.makedirs(self.dir)
+        self.port = free_port()
+        self.command = template.replace("{port}", str(self.port)).replace("{dir}", self.dir)
+        self.output_path = os.path.join(self.dir, "output")
+        self.output = open(self.output_path, "wb")
+        # A session of its own: stop() signals the whole group, so a command that did not
+        # exec (a shell running a script) still goes away with everything it started.
+        self.proc = subprocess.Popen(["/bin/sh", "-c", self.command], stdin=subprocess.DEVNULL,
+                                     stdout=self.output, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"exited with status {self.proc.returncode}")
+                try:
+                    wait_for_greeting(self.port, min(deadline, time.monotonic() + 0.5))
+                    break
+                except RuntimeError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"no 220 greeting on port {self.port} within {timeout:.0f} s") from None
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"peer {name}: {exc}; command: {self.command}; its output ends: "
+                               f"{self.tail()[-1200:]}") from None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def tail(self) -> str:
+        with open(self.output_path, errors="replace") as fh:
+            return fh.read()[-2000:]
+
+    def stop(self, grace: float = 20.0) -> int | None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        if not self.output.closed:
+            self.output.close()
+        return self.proc.returncode
+
+
+def safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
 def gsmtpd_workers(extra: list[str]) -> int:
@@ -345,6 +439,7 @@ def run_load(port: int, wl: Workload, messages: int, timeout: float) -> dict:
     """
     deadline = time.monotonic() + timeout
     failures: list[str] = []
+    counts: Counter = Counter()
     lock = threading.Lock()
 
     def run(argv: list[str]) -> None:
@@ -359,9 +454,14 @@ def run_load(port: int, wl: Workload, messages: int, timeout: float) -> dict:
             with lock:
                 failures.append(f"smtp-source killed after the {timeout:.0f} s limit")
             return
-        if done.returncode != 0 or done.stderr:
-            with lock:
-                failures.append(f"exit {done.returncode}: {done.stderr.decode(errors='replace')[-300:].strip()}")
+        stderr = done.stderr.decode(errors="replace")
+        refused = refused_messages(stderr, wl.recipients)
+        with lock:
+            counts["refused"] += refused
+            if done.returncode != 0:
+                counts["source_exits"] += 1
+            if done.returncode != 0 or stderr:
+                failures.append(f"exit {done.returncode}: {stderr[-300:].strip()}")
 
     started = time.monotonic()
     if wl.per_connection <= 1:
@@ -381,7 +481,22 @@ def run_load(port: int, wl: Workload, messages: int, timeout: float) -> dict:
             thread.start()
         for thread in threads:
             thread.join()
-    return {"wall_s": time.monotonic() - started, "source_failures": failures}
+    return {"wall_s": time.monotonic() - started, "source_failures": failures,
+            "source_refused": counts["refused"], "source_exits": counts["source_exits"]}
+
+
+# smtp-source -A warns once for each reply it did not want and carries on; these end a
+# message without a 250 ("HELO rejected" does not: it goes on to MAIL FROM).
+REFUSED = re.compile(r"warning: (sender|recipient|data|end of data) rejected: \d")
+
+
+def refused_messages(stderr: str, recipients: int) -> int:
+    """Messages of one smtp-source run that got no 250, from its -A warnings. A message is
+    dropped when every recipient is refused, so refused recipients count per ``recipients``
+    (exact for one recipient a message, as W1-W4 send)."""
+    found = Counter(m.group(1) for m in REFUSED.finditer(stderr))
+    return (found["sender"] + found["data"] + found["end of data"]
+            + found["recipient"] // max(1, recipients))
 
 
 def scaled(wl: Workload, scale: float) -> int:
@@ -412,10 +527,10 @@ SETTLE_BELOW_PCT = 10.0
 SETTLE_MAX_S = 15.0
 
 
-def settle(window: float = 0.5) -> float:
-    """Wait (at most SETTLE_MAX_S) until the machine is below SETTLE_BELOW_PCT busy over
-    ``window``; the busy percent of the last window."""
-    deadline = time.monotonic() + SETTLE_MAX_S
+def settle(window: float = 0.5, max_wait: float = SETTLE_MAX_S) -> float:
+    """Wait (at most ``max_wait`` seconds) until the machine is below SETTLE_BELOW_PCT busy
+    over ``window``; the busy percent of the last window."""
+    deadline = time.monotonic() + max_wait
     while True:
         before = machine_cpu()
         time.sleep(window)
@@ -424,13 +539,15 @@ def settle(window: float = 0.5) -> float:
             return round(busy, 1)
 
 
-def mysqld_cpu() -> float:
-    return sum(cpu_seconds(pid) or 0.0 for pid in find_pids("mariadbd", "mysqld"))
+def mysqld_cpu(pids: list[int] | None = None) -> float:
+    """CPU seconds of the database server: ``pids`` (Database.server_pids()), else of every
+    mariadbd/mysqld on the machine."""
+    return sum(cpu_seconds(pid) or 0.0 for pid in (find_pids("mariadbd", "mysqld") if pids is None else pids))
 
 
 def phase_sink(wl: Workload, messages: int, args, workdir: str, probe: bool, floor: bool = False) -> dict:
     """smtp-sink under the load; with ``floor``, bench/floor.py instead."""
-    settled = settle()
+    settled = settle(max_wait=args.settle_max)
     server = Floor(workdir, gsmtpd_workers(args.extra)) if floor else Sink(workdir, max(1024, wl.sessions + 64))
     try:
         watch = TreeWatch(server.pid).start()
@@ -457,7 +574,7 @@ def phase_sink(wl: Workload, messages: int, args, workdir: str, probe: bool, flo
 def phase_gsmtpd(wl: Workload, messages: int, args, workdir: str, db: Database, probe: bool,
                  profile_to: str | None = None) -> dict:
     db.truncate()
-    settled = settle()
+    settled = settle(max_wait=args.settle_max)
     tag = wl.name + ("-profile" if profile_to else "")
     extra = [*limit_args(args, max(1000, wl.sessions * 2 + 100)), *args.extra]
     server = Gsmtpd(workdir, tag, db.url, extra, args.source)
@@ -465,7 +582,7 @@ def phase_gsmtpd(wl: Workload, messages: int, args, workdir: str, db: Database, 
     try:
         watch = TreeWatch(server.pid).start()
         watch.mark()
-        db_cpu = mysqld_cpu()
+        db_cpu = mysqld_cpu(args.db_pids)
         if profile_to:
             spy = subprocess.Popen(["py-spy", "record", "--nonblocking", "--subprocesses", "--nolineno",
                                     "--format", "raw", "--rate", "200", "-o", profile_to,
@@ -481,7 +598,7 @@ def phase_gsmtpd(wl: Workload, messages: int, args, workdir: str, db: Database, 
         ended = time.monotonic()
         if latency:
             latency.stop()
-        db_cpu = mysqld_cpu() - db_cpu
+        db_cpu = mysqld_cpu(args.db_pids) - db_cpu
         watch.stop()
         if spy:
             spy.send_signal(signal.SIGINT)
@@ -522,6 +639,77 @@ def phase_gsmtpd(wl: Workload, messages: int, args, workdir: str, db: Database, 
     if spy:
         result["profile"] = summarize_profile(profile_to, spy)
     return result
+
+
+def phase_peer(wl: Workload, messages: int, args, workdir: str, db: Database, name: str, probe: bool) -> dict:
+    """The load against a --peer server. Its 250s are the messages smtp-source did not see
+    refused (it warns for each under -A; a peer's log is its own business); its rows, when
+    --peer-rows says how to count them, are what the count grew by over the run, taken
+    after the peer stopped, so a 250 given before its row was committed shows as lost."""
+    rows_sql, reset_sql = args.peer_rows.get(name), args.peer_reset.get(name)
+
+    def peer_sql(option: str, sql: str, run):
+        try:
+            return run(sql)
+        except db.pymysql.MySQLError as exc:
+            raise RuntimeError(f"peer {name}: {option} {sql!r}: {exc}") from None
+
+    if reset_sql:
+        peer_sql("--peer-reset", reset_sql, db.execute)
+    rows_before = peer_sql("--peer-rows", rows_sql, db.count) if rows_sql else None
+    settled = settle(max_wait=args.settle_max)
+    server = Peer(workdir, name, args.peers[name], args.peer_start_timeout)
+    try:
+        watch = TreeWatch(server.pid).start()
+        watch.mark()
+        db_cpu = mysqld_cpu(args.db_pids)
+        latency = LatencyProbe(HOST, server.port).start() if probe else None
+        db_status = db.status()
+        machine = machine_cpu()
+        load = run_load(server.port, wl, messages, args.load_timeout)
+        machine = busy_pct(machine, machine_cpu())
+        db_status = {k: v - db_status.get(k, 0) for k, v in db.status().items()}
+        ended = time.monotonic()
+        if latency:
+            latency.stop()
+        db_cpu = mysqld_cpu(args.db_pids) - db_cpu
+        watch.stop()
+    finally:
+        status = server.stop()
+    probe_acked = latency.acked if latency else 0
+    # A smtp-source that exited with an error stopped sending: what it did not send is not
+    # in its warnings, so the count below is then an upper bound.
+    source_acked = messages - load["source_refused"]
+    acked = source_acked + probe_acked
+    rows = peer_sql("--peer-rows", rows_sql, db.count) - rows_before if rows_sql else None
+    return {
+        "messages": messages, **load, "acked": acked, "acked_upper_bound": load["source_exits"] > 0,
+        "rows": rows,
+        "lost": max(0, acked * wl.recipients - rows) if rows is not None else None,
+        "rows_not_acked": max(0, rows - acked * wl.recipients) if rows is not None else None,
+        "not_acked": load["source_refused"], "probe_acked": probe_acked,
+        "msgs_per_s": source_acked / load["wall_s"],
+        "cpu_ms_per_msg": watch.cpu_since_mark() * 1000 / max(1, acked),
+        "db_cpu_ms_per_msg": db_cpu * 1000 / max(1, acked),
+        "peak_rss_mb": watch.peak_rss_kb() / 1024, "processes": watch.processes(),
+        "machine_busy_pct": machine, "busy_before_pct": settled,
+        "db_bytes_per_msg": db_status.get("Bytes_received", 0) / max(1, acked),
+        "db_inserts": db_status.get("Com_stmt_execute"),
+        "msgs_per_insert": acked / db_status["Com_stmt_execute"] if db_status.get("Com_stmt_execute") else None,
+        "exit_status": status, "command": server.command,
+        "latency": latency.summary(until=ended) if latency else None,
+    }
+
+
+def peer_summary(runs: list[dict], sink_rate: float, gsmtpd_rate: float) -> dict:
+    """A peer's runs of one workload as the table shows them: the median rate, the other
+    columns from the run with the median rate (as for gsmtpd)."""
+    rate = statistics.median(r["msgs_per_s"] for r in runs)
+    middle = sorted(runs, key=lambda r: r["msgs_per_s"])[(len(runs) - 1) // 2]
+    losses = [r["lost"] for r in runs]
+    return {**middle, "msgs_per_s": rate, "ratio": rate / sink_rate,
+            "gsmtpd_to_peer": gsmtpd_rate / rate if rate else None,
+            "lost_total": None if None in losses else sum(losses), "runs": runs}
 
 
 def phase_idle(count: int, args, workdir: str, db: Database) -> dict:
@@ -632,6 +820,7 @@ def report(results: dict) -> str:
             lines.append(f"  {name} gsmtpd log: {problem}")
         if name in ("W3", "W4") and r["gsmtpd"]["peak_rss_mb"] >= RSS_LIMIT_MB:
             lines.append(f"  {name}: peak RSS {r['gsmtpd']['peak_rss_mb']:.0f} MB >= {RSS_LIMIT_MB} MB per worker")
+    lines += peer_report(results)
     floors = [(name, r) for name, r in results["workloads"].items() if "floor_msgs_per_s" in r]
     if floors:
         lines.append("")
@@ -653,9 +842,12 @@ def report(results: dict) -> str:
     if w1 and w1["gsmtpd"]["latency"]:
         lines.append("")
         lines.append("final dot -> 250 under W1 load (a probe client beside smtp-source: at most 40 msgs/s, new connection each):")
-        for side in ("sink", "gsmtpd"):
-            lat = w1[side]["latency"]
-            lines.append(f"  {side:7} p50 {fmt(lat['p50_ms'], '.2f')} ms  p90 {fmt(lat['p90_ms'], '.2f')} ms  "
+        sides = [("sink", w1["sink"]), *w1.get("peers", {}).items(), ("gsmtpd", w1["gsmtpd"])]
+        for side, measured in sides:
+            lat = measured["latency"]
+            if not lat:
+                continue
+            lines.append(f"  {side[:12]:12} p50 {fmt(lat['p50_ms'], '.2f')} ms  p90 {fmt(lat['p90_ms'], '.2f')} ms  "
                          f"p99 {fmt(lat['p99_ms'], '.2f')} ms  max {fmt(lat['max_ms'], '.2f')} ms  "
                          f"({lat['samples']} samples, {lat['not_250']} not 250, {lat['errors']} errors)")
     idle = results.get("idle")
@@ -678,6 +870,47 @@ def report(results: dict) -> str:
     elif profile:
         lines.append(f"profile: {profile.get('error')}")
     return "\n".join(lines)
+
+
+def peer_report(results: dict) -> list[str]:
+    """Every server of the run side by side (--peer): smtp-sink, the peers, gsmtpd."""
+    compared = [(name, r) for name, r in results["workloads"].items() if r.get("peers")]
+    if not compared:
+        return []
+    rounds = max(len(r["runs"]) for _, r in compared)
+    lines = ["", f"same run, every server ({rounds} round{'s' if rounds > 1 else ''} of sink, "
+                 f"{', '.join(results['peers'])}, gsmtpd; rates are medians, ratio is to smtp-sink's):"]
+    head = (f"{'':4} {'server':14} {'msgs/s':>8} {'ratio':>6} {'acked':>6} {'rows':>6} {'lost':>4} {'!ack':>5} "
+            f"{'cpu ms/msg':>10} {'db ms/msg':>9} {'RSS MB':>7} {'msg/insert':>10} {'busy%':>5}")
+    lines += [head, "-" * len(head)]
+    for name, r in compared:
+        sink = r["sink"]
+        lines.append(f"{name:4} {'smtp-sink':14} {r['sink_msgs_per_s']:>8.0f} {1:>6.2f} {'':>6} {'':>6} {'':>4} "
+                     f"{'':>5} {sink['cpu_ms_per_msg']:>10.3f} {'':>9} {sink['peak_rss_mb']:>7.1f} {'':>10} "
+                     f"{sink['machine_busy_pct']:>5.0f}")
+        servers = [(peer, p, p["msgs_per_s"], p["ratio"]) for peer, p in r["peers"].items()]
+        servers.append(("gsmtpd", r["gsmtpd"], r["gsmtpd_msgs_per_s"], r["ratio"]))
+        for server, g, rate, ratio in servers:
+            acked = f"{g['acked']}{'+' if g.get('acked_upper_bound') else ''}"
+            lines.append(
+                f"{'':4} {server[:14]:14} {rate:>8.0f} {ratio:>6.2f} {acked:>6} {fmt(g['rows']):>6} "
+                f"{fmt(g['lost']):>4} {g['not_acked']:>5} {g['cpu_ms_per_msg']:>10.2f} {g['db_cpu_ms_per_msg']:>9.2f} "
+                f"{g['peak_rss_mb']:>7.1f} {fmt(g.get('msgs_per_insert'), '.1f'):>10} {g['machine_busy_pct']:>5.0f}")
+        lines.append(f"{'':4} gsmtpd / " + ", ".join(
+            f"{peer}: {fmt(p['gsmtpd_to_peer'], '.2f')}" for peer, p in r["peers"].items()))
+    for name, r in compared:
+        for peer, p in r["peers"].items():
+            if p["lost_total"] is None:
+                lines.append(f"  {name} {peer}: rows not counted (no --peer-rows), so lost is not known")
+            elif p["lost_total"]:
+                lines.append(f"  {name} {peer}: LOST {p['lost_total']}: 250s without a row")
+            if p.get("acked_upper_bound"):
+                lines.append(f"  {name} {peer}: smtp-source failed, so acked is an upper bound (+)")
+            if p["source_failures"]:
+                last = p["source_failures"][-1].strip().splitlines()[-1]
+                lines.append(f"  {name} {peer}: smtp-source complained {len(p['source_failures'])} time(s), "
+                             f"{p['source_refused']} message(s) refused; the last: {last[:200]}")
+    return lines
 
 
 # --- main
@@ -709,6 +942,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds one load may take before smtp-source is killed")
     parser.add_argument("--rev", help="benchmark gsmtpd/ as of this commit (git archive into a temp dir) "
                                       "instead of the work tree, which others may be editing")
+    parser.add_argument("--peer", action="append", default=[], metavar="NAME=COMMAND",
+                        help="also measure another SMTP server, in every round between smtp-sink and gsmtpd "
+                             "(repeatable). COMMAND runs under /bin/sh, started afresh for each load; {port} "
+                             "in it becomes the port it must listen on at 127.0.0.1, {dir} an empty directory "
+                             "for its files. The bench waits for its 220 greeting")
+    parser.add_argument("--peer-rows", action="append", default=[], metavar="NAME=QUERY",
+                        help="a query on the --mysql server that counts the rows peer NAME has stored (e.g. "
+                             "SELECT COUNT(*) FROM db.table): what it grows by over a load is held against the "
+                             "250s the peer gave. Without it the peer's rows and lost are not known")
+    parser.add_argument("--peer-reset", action="append", default=[], metavar="NAME=SQL",
+                        help="a statement run on the --mysql server before each load of peer NAME (e.g. "
+                             "TRUNCATE TABLE db.table), so it starts on an empty table as gsmtpd does")
+    parser.add_argument("--peer-start-timeout", type=float, default=30.0,
+                        help="seconds a peer may take to answer with its greeting")
+    parser.add_argument("--settle-max", type=float, default=SETTLE_MAX_S,
+                        help="seconds each phase waits at most for the machine to go quiet before it starts")
     parser.add_argument("--json", help="where to write the results (default: bench/results/bench-<time>.json)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the server logs (in the temp dir)")
     args = parser.parse_args(argv)
@@ -718,7 +967,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"--only: unknown {', '.join(unknown)}; choose from {', '.join([*WORKLOADS, *EXTRAS])}")
     args.wanted = wanted
+    args.peers = named_values(parser, "--peer", args.peer)
+    args.peer_rows = named_values(parser, "--peer-rows", args.peer_rows)
+    args.peer_reset = named_values(parser, "--peer-reset", args.peer_reset)
+    for option, values in (("--peer-rows", args.peer_rows), ("--peer-reset", args.peer_reset)):
+        strays = [name for name in values if name not in args.peers]
+        if strays:
+            parser.error(f"{option}: no --peer named {', '.join(strays)}")
     return args
+
+
+def named_values(parser: argparse.ArgumentParser, option: str, items: list[str]) -> dict[str, str]:
+    """NAME=VALUE items of a repeatable option, in the order given (each name once)."""
+    named: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not value.strip():
+            parser.error(f"{option} wants NAME=VALUE, got {item!r}")
+        if name in named or name in ("sink", "gsmtpd", "floor"):
+            parser.error(f"{option}: the name {name!r} is taken")
+        named[name] = value
+    return named
 
 
 def preflight() -> list[str]:
@@ -778,6 +1048,8 @@ def main(argv: list[str] | None = None) -> int:
         "uncommitted": (git("status", "--porcelain", "--", "gsmtpd") or "").splitlines(), "scale": args.scale,
         "gsmtpd_args": args.extra, "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
         "interpreter": python, "workloads": {},
+        "peers": {name: {"command": command, "rows": args.peer_rows.get(name), "reset": args.peer_reset.get(name)}
+                  for name, command in args.peers.items()},
     }
     status = 0
     args.source = REPO
@@ -787,7 +1059,8 @@ def main(argv: list[str] | None = None) -> int:
             results["rev"] = git("rev-parse", "--short", args.rev)
         args.server_flags = server_flags(args.source)
         db.create()
-        results["database"] = {"name": db.name, **db.variables()}
+        args.db_pids = db.server_pids()
+        results["database"] = {"name": db.name, "server_pids": args.db_pids, **db.variables()}
         for name in args.wanted:
             wl = WORKLOADS.get(name)
             if wl is None:
@@ -805,6 +1078,13 @@ def main(argv: list[str] | None = None) -> int:
                     floor = run["floor"] = phase_sink(wl, messages, args, workdir, False, floor=True)
                     print(f"  floor      {floor['msgs_per_s']:8.0f} msgs/s in {floor['wall_s']:.1f} s, "
                           f"ratio {floor['msgs_per_s'] / sink['msgs_per_s']:.2f}", flush=True)
+                # Peers between smtp-sink and gsmtpd in every round, so a drift of the
+                # machine over the run reaches all of them alike.
+                for peer in args.peers:
+                    got = run.setdefault("peers", {})[peer] = phase_peer(wl, messages, args, workdir, db, peer, probe)
+                    print(f"  {peer[:10]:10} {got['msgs_per_s']:8.0f} msgs/s in {got['wall_s']:.1f} s, "
+                          f"ratio {got['msgs_per_s'] / sink['msgs_per_s']:.2f}, acked {got['acked']}, "
+                          f"rows {fmt(got['rows'])}, lost {fmt(got['lost'])}", flush=True)
                 gsmtpd = phase_gsmtpd(wl, messages, args, workdir, db, probe)
                 ratio = gsmtpd["msgs_per_s"] / sink["msgs_per_s"]
                 print(f"  gsmtpd     {gsmtpd['msgs_per_s']:8.0f} msgs/s in {gsmtpd['wall_s']:.1f} s, "
@@ -830,6 +1110,10 @@ def main(argv: list[str] | None = None) -> int:
                     floor_msgs_per_s=floor_rate, floor_ratio=floor_rate / sink_rate,
                     gsmtpd_to_floor=gsmtpd_rate / floor_rate,
                     floor_cpu_ms_per_msg=statistics.median(r["floor"]["cpu_ms_per_msg"] for r in runs))
+            if args.peers:
+                results["workloads"][name]["peers"] = {
+                    peer: peer_summary([r["peers"][peer] for r in runs], sink_rate, gsmtpd_rate)
+                    for peer in args.peers}
             if name == "W1" and args.profile:
                 os.makedirs(os.path.join(BENCH_DIR, "results"), exist_ok=True)
                 out = os.path.join(BENCH_DIR, "results", f"profile-W1-{time.strftime('%Y%m%d-%H%M%S')}.txt")
