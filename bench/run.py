@@ -403,7 +403,7 @@ class Gsmtpd:
                 if " message id=" in line:
                     found = reply.search(line)
                     replies[found.group(1) if found else "?"] += 1
-                elif " connect ip=" in line:
+                elif " disconnect ip=" in line:     # (the connect line is at debug level)
                     connects += 1
                 elif " refused ip=" in line:
                     refused += 1
