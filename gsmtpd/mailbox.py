@@ -210,9 +210,11 @@ def list_messages(db, address: str, after: int | None, limit: int) -> list[dict]
     return [summary(row) for row in rows]
 
 
-def newer_messages(db, address: str, since: int, limit: int) -> list[dict]:
-    """Oldest first: what the event stream sends after ``since`` (Last-Event-ID)."""
-    rows = db.rows(LIST + " AND mail_id > %s ORDER BY mail_id LIMIT %s", (address, since, limit))
+def newer_messages(db, address: str, since: int, limit: int, until: int) -> list[dict]:
+    """Oldest first, ids above ``since`` up to ``until``: what an event stream catching up
+    sends (after Last-Event-ID, or after falling behind)."""
+    rows = db.rows(LIST + " AND mail_id > %s AND mail_id <= %s ORDER BY mail_id LIMIT %s",
+                   (address, since, until, limit))
     return [summary(row) for row in rows]
 
 
