@@ -44,7 +44,8 @@ class Server(WSGIServer):
     """gevent's WSGI handler sends a response's headers and its body in two writes; with
     Nagle's algorithm the body then waited for the client's delayed ACK of the headers:
     every API read took 44 ms on loopback (its CPU: 2-3 ms), and a client reading one at a
-    time got at most ~20 a second. TCP_NODELAY sends the body at once: 0.7 ms (median of 40 reads of a 3-item page)."""
+    time got at most ~20 a second. TCP_NODELAY sends the body at once: 0.7 ms (median of 40
+    reads of a 3-item page)."""
 
     def handle(self, sock, address):
         try:
