@@ -287,6 +287,13 @@ def new_ids(db, since: int, limit: int) -> list[tuple[int, str]]:
     return [(int(row["mail_id"]), row["to"]) for row in rows]
 
 
+def ids_of(db, ids: list[int]) -> list[tuple[int, str]]:
+    """(id, mailbox) of those of ``ids`` that are there now, oldest first."""
+    marks = ",".join(["%s"] * len(ids))
+    rows = db.rows(f"SELECT mail_id, `to` FROM new_mail WHERE mail_id IN ({marks}) ORDER BY mail_id", tuple(ids))
+    return [(int(row["mail_id"]), row["to"]) for row in rows]
+
+
 def newest_id(db) -> int:
     rows = db.rows("SELECT MAX(mail_id) AS newest FROM new_mail")
     return int(rows[0]["newest"] or 0) if rows else 0

@@ -120,6 +120,13 @@ def test_a_late_commit_below_the_newest_sent_still_comes(sqlite_store, gsmtpd_se
         assert sorted(read_ids(stream, 2)) == [stored[-1] + 10, stored[-1] + 11]
         insert_row(sqlite_store.path, stored[-1] + 3, box, "late after the burst")
         assert read_ids(stream, 1) == [stored[-1] + 3]
+
+        # Later still: a whole batch of another writer (200 rows) and more below the newest.
+        insert_row(sqlite_store.path, stored[-1] + 700, box, "far ahead")
+        burst(server, box, 1)
+        assert sorted(read_ids(stream, 2)) == [stored[-1] + 700, stored[-1] + 701]
+        insert_row(sqlite_store.path, stored[-1] + 100, box, "600 below the newest")
+        assert read_ids(stream, 1) == [stored[-1] + 100]
         stream.close()
     finally:
         web.stop()
