@@ -21,6 +21,7 @@ import argparse
 import http.client
 import os
 import re
+import resource
 import socket
 import statistics
 import sys
@@ -31,6 +32,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from procstat import cpu_seconds, descendants  # noqa: E402
 from run import Database, Gsmtpd, WORKLOADS, mysqld_cpu, run_load, scaled, settle  # noqa: E402
 
 WEB_ON = re.compile(r"web inbox on http://(\S+):(\d+)/")
@@ -44,6 +46,17 @@ def cpu_of(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def smtp_cpu(master: int, web_pid: int | None) -> float:
+    """CPU seconds of gsmtpd's master and SMTP workers (the web process left out)."""
+    return sum(cpu_seconds(pid) or 0.0 for pid in descendants(master) if pid != web_pid)
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's finished children: the smtp-source runs."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def fill_backlog(db: Database, count: int) -> None:
@@ -231,13 +244,16 @@ def one_run(busy: bool, messages: int, args, workdir: str, db: Database) -> dict
             for subscriber in subscribers:
                 subscriber.open.wait(max(0.0, deadline - time.monotonic()))
             result["streams_not_open"] = sum(1 for s in subscribers if not s.open.is_set())
+        web_pid = None
         if busy:
             web_pid = int(wait_log(server.logfile, WEB_PID).group(1))
             web_cpu = cpu_of(web_pid)
-        db_cpu = mysqld_cpu()
+        db_cpu, gsmtpd_cpu, source_cpu = mysqld_cpu(), smtp_cpu(server.pid, web_pid), children_cpu()
         client_cpu = time.process_time()
         load = run_load(server.port, wl, messages, args.load_timeout)
         result["db_cpu_s"] = mysqld_cpu() - db_cpu
+        result["gsmtpd_cpu_s"] = smtp_cpu(server.pid, web_pid) - gsmtpd_cpu
+        result["source_cpu_s"] = children_cpu() - source_cpu
         result["client_cpu_s"] = time.process_time() - client_cpu
         if busy:
             result["web_cpu_s"] = cpu_of(web_pid) - web_cpu
@@ -326,6 +342,20 @@ def main() -> int:
     print(f"  bench client CPU over the load (smtp-source not counted): alone "
           f"{statistics.median(r['client_cpu_s'] for r in runs if not r['busy']):.2f} s, busy "
           f"{statistics.median(r['client_cpu_s'] for r in busy_runs):.2f} s")
+    # On a machine shared with other work the wall-clock ratio swings with it; the CPU each
+    # message cost, summed over everything that works for it, does not as much. Were the
+    # machine given to this bench alone and busy, rates would go as the inverse of it.
+    def per_message(run: dict) -> float:
+        return (run["gsmtpd_cpu_s"] + run["db_cpu_s"] + run.get("web_cpu_s", 0.0) + run["source_cpu_s"]
+                + run["client_cpu_s"]) * 1000 / max(1, run["acked"])
+    for label, group in (("alone", [r for r in runs if not r["busy"]]), ("busy", busy_runs)):
+        print(f"  CPU per message, {label}: " + ", ".join(
+            f"{key} {statistics.median(r.get(key + '_cpu_s', 0.0) for r in group) * 1000 / messages:.2f} ms"
+            for key in ("gsmtpd", "db", "web", "source", "client"))
+            + f"; total {statistics.median(per_message(r) for r in group):.2f} ms")
+    print(f"  CPU-bound estimate of the ratio (total CPU per message, alone / busy): "
+          f"{statistics.median(per_message(r) for r in runs if not r['busy']) / statistics.median(per_message(r) for r in busy_runs):.3f}"
+          " (MariaDB's CPU includes whatever else uses it meanwhile)")
     short = []
     if args.hot and args.subscribers and not args.no_web:
         for r in busy_runs:
