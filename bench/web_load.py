@@ -13,7 +13,11 @@ message, in turn). Rounds alternate the two runs, so drift of a shared machine h
 
 Reported: W1 msgs/s for each, the ratio (target: at least 0.90), rows purged during the
 load, events and reads served, and the web process's CPU per API request (its CPU over the
-load, events and polling included, divided by the reads it answered).
+load, events and polling included, divided by the reads it answered); each hot stream's
+events against the rows stored in W1's mailbox (exit 1 when one is missing or repeated);
+the CPU per message of gsmtpd, MariaDB, the web process, smtp-source and this process, and
+the ratio those would give on a machine busy with this bench alone. For the breakdown:
+--subscribers 0, --reads 0, --hot 0, --no-retention, --no-web (retention only).
 """
 from __future__ import annotations
 
