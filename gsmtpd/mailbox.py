@@ -210,9 +210,11 @@ def list_messages(db, address: str, after: int | None, limit: int) -> list[dict]
     return [summary(row) for row in rows]
 
 
-def newer_messages(db, address: str, since: int, limit: int) -> list[dict]:
-    """Oldest first: what the event stream sends after ``since`` (Last-Event-ID)."""
-    rows = db.rows(LIST + " AND mail_id > %s ORDER BY mail_id LIMIT %s", (address, since, limit))
+def newer_messages(db, address: str, since: int, limit: int, until: int) -> list[dict]:
+    """Oldest first, ids above ``since`` up to ``until``: what an event stream catching up
+    sends (after Last-Event-ID, or after falling behind)."""
+    rows = db.rows(LIST + " AND mail_id > %s AND mail_id <= %s ORDER BY mail_id LIMIT %s",
+                   (address, since, until, limit))
     return [summary(row) for row in rows]
 
 
@@ -282,6 +284,13 @@ def new_ids(db, since: int, limit: int) -> list[tuple[int, str]]:
     """(id, mailbox) of every row above ``since``, oldest first: what the event poller reads."""
     rows = db.rows("SELECT mail_id, `to` FROM new_mail WHERE mail_id > %s ORDER BY mail_id LIMIT %s",
                    (since, limit))
+    return [(int(row["mail_id"]), row["to"]) for row in rows]
+
+
+def ids_of(db, ids: list[int]) -> list[tuple[int, str]]:
+    """(id, mailbox) of those of ``ids`` that are there now, oldest first."""
+    marks = ",".join(["%s"] * len(ids))
+    rows = db.rows(f"SELECT mail_id, `to` FROM new_mail WHERE mail_id IN ({marks}) ORDER BY mail_id", tuple(ids))
     return [(int(row["mail_id"]), row["to"]) for row in rows]
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -84,15 +85,35 @@ class Client:
     def messages(self, address: str, query: str = "") -> list[dict]:
         return self.json("GET", f"/api/mailboxes/{quote(address)}/messages{query}")["messages"]
 
-    def events(self, address: str, last_event_id: int | None = None) -> "EventStream":
-        return EventStream(self, address, last_event_id)
+    def events(self, address: str, last_event_id: int | None = None,
+               receive_buffer: int | None = None) -> "EventStream":
+        return EventStream(self, address, last_event_id, receive_buffer)
+
+
+class SmallWindowConnection(http.client.HTTPConnection):
+    """``receive_buffer``: the socket's receive buffer, set before connecting (so the window
+    stays that small): a client that does not read for a while soon makes the server's writes
+    wait, as a slow one does across a real network."""
+
+    def __init__(self, host: str, port: int, timeout: float, receive_buffer: int | None):
+        super().__init__(host, port, timeout=timeout)
+        self.receive_buffer = receive_buffer
+
+    def connect(self) -> None:
+        if self.receive_buffer is None:
+            return super().connect()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect((self.host, self.port))
 
 
 class EventStream:
     """An open text/event-stream; ``next_event()`` reads up to the next event."""
 
-    def __init__(self, client: Client, address: str, last_event_id: int | None):
-        self.conn = http.client.HTTPConnection(client.host, client.port, timeout=10)
+    def __init__(self, client: Client, address: str, last_event_id: int | None,
+                 receive_buffer: int | None = None):
+        self.conn = SmallWindowConnection(client.host, client.port, timeout=10, receive_buffer=receive_buffer)
         headers = {"Accept": "text/event-stream"}
         if client.token:
             headers["Authorization"] = f"Bearer {client.token}"

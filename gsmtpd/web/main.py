@@ -40,6 +40,21 @@ NICENESS = 10
 EXIT_OK, EXIT_START_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
 
 
+class Server(WSGIServer):
+    """gevent's WSGI handler sends a response's headers and its body in two writes; with
+    Nagle's algorithm the body then waited for the client's delayed ACK of the headers:
+    every API read took 44 ms on loopback (its CPU: 2-3 ms), and a client reading one at a
+    time got at most ~20 a second. TCP_NODELAY sends the body at once: 0.7 ms (median of 40
+    reads of a 3-item page)."""
+
+    def handle(self, sock, address):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:          # gone already (or not TCP): nothing to speed up
+            pass
+        super().handle(sock, address)
+
+
 def parse(argv: list[str]):
     parser = argparse.ArgumentParser(prog="gsmtpd web", allow_abbrev=False, add_help=False)
     parser.add_argument("--listen", default=None, metavar="ADDR:PORT")
@@ -117,7 +132,7 @@ def main(argv: list[str]) -> int:
         log.info("retention: rows older than %ds are deleted", config.retention)
     server = None
     if sock is not None:
-        server = WSGIServer(sock, build_app(config, db), log=None, error_log=log, spawn=Pool(MAX_CONNECTIONS))
+        server = Server(sock, build_app(config, db), log=None, error_log=log, spawn=Pool(MAX_CONNECTIONS))
         server.start()
     done = Event()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
