@@ -254,10 +254,10 @@ def one_run(busy: bool, messages: int, args, workdir: str, db: Database) -> dict
         if busy:
             web_pid = int(wait_log(server.logfile, WEB_PID).group(1))
             web_cpu = cpu_of(web_pid)
-        db_cpu, gsmtpd_cpu, source_cpu = mysqld_cpu(), smtp_cpu(server.pid, web_pid), children_cpu()
+        db_cpu, gsmtpd_cpu, source_cpu = mysqld_cpu(args.db_pids), smtp_cpu(server.pid, web_pid), children_cpu()
         client_cpu = time.process_time()
         load = run_load(server.port, wl, messages, args.load_timeout)
-        result["db_cpu_s"] = mysqld_cpu() - db_cpu
+        result["db_cpu_s"] = mysqld_cpu(args.db_pids) - db_cpu
         result["gsmtpd_cpu_s"] = smtp_cpu(server.pid, web_pid) - gsmtpd_cpu
         result["source_cpu_s"] = children_cpu() - source_cpu
         result["client_cpu_s"] = time.process_time() - client_cpu
@@ -316,6 +316,7 @@ def main() -> int:
     messages = scaled(WORKLOADS["W1"], args.scale)
     db = Database(args.mysql)
     db.create()
+    args.db_pids = db.server_pids()   # this run's MariaDB, not every mariadbd on the machine
     runs: list[dict] = []
     try:
         with tempfile.TemporaryDirectory(prefix="gsmtpd-web-bench-") as workdir:
