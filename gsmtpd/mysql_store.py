@@ -24,17 +24,25 @@ import pymysql
 from . import metrics, mysql_protocol, pymysql_adapter
 from .members import Member, MemberSet, StoreAddress
 from .mysql_protocol import Row
-from .row import COLUMNS as DECLARED, TEXT
-from .store import (COLUMNS, Backend, Blob, Pending, RowRefused, StoreMisconfigured,
-                    StoreUnreachable, TransientError, Verdict, message_size)
+from .row import SLICED_NAMES, TABLE, TEXT
+from .store import (BODY, COLUMNS, MAIL, Backend, Blob, Pending, RowRefused, StoreMisconfigured,
+                    StoreUnreachable, TransientError, Verdict, message_size, sliced_row)
 
 log = logging.getLogger("gsmtpd.store.mysql")
 
 HASH = COLUMNS.index("hash")
 # The columns that get no str value: all others are text, in utf8mb4 (schema.sql).
-NOT_TEXT = {column.name for column in DECLARED if column.kind != TEXT}
-INSERT_PREFIX = "INSERT INTO `new_mail` (" + ",".join(f"`{c}`" for c in COLUMNS) + ") VALUES "
-ROW_PLACEHOLDERS = "(" + ",".join("?" * len(COLUMNS)) + ")"
+NOT_TEXT = {column.name for column in TABLE if column.kind != TEXT}
+# The columns an INSERT names, in the order of a row's values: a table made by schema.sql
+# stores the body as a slice of mail where it can (row.SLICED_NAMES, store.sliced_row); one
+# made before has a real `body` column and takes the row tuple as it is (COLUMNS).
+WRITTEN = {False: COLUMNS, True: SLICED_NAMES}
+
+
+def _insert_prefix(sliced: bool) -> str:
+    return "INSERT INTO `new_mail` (" + ",".join(f"`{c}`" for c in WRITTEN[sliced]) + ") VALUES "
+
+
 # A message to N recipients crosses the wire once, while each recipient still gets a row
 # with the whole message in `mail` (users read it there): its mail and body are set once
 # as session variables, and its N rows are one INSERT that names them (shared_sql). The
@@ -45,10 +53,11 @@ ROW_PLACEHOLDERS = "(" + ",".join("?" * len(COLUMNS)) + ")"
 # the batch in a transaction, two round trips (BEGIN, COMMIT) that cost more than
 # resending 4 KB.
 COPY_FROM = 64 * 1024
-SHARED = {"mail": "@gsmtpd_mail", "body": "@gsmtpd_body"}
-SET_SHARED = ("SET " + ", ".join(f"{name} = ?" for name in SHARED.values())).encode()
-SHARED_COLUMNS = [COLUMNS.index(c) for c in SHARED]
-OWN_COLUMNS = [i for i, c in enumerate(COLUMNS) if c not in SHARED]
+# (A sliced body is '' in @gsmtpd_body, and its body_start is one of each row's own.)
+SHARED = {"mail": "@gsmtpd_mail", "body": "@gsmtpd_body", "body_text": "@gsmtpd_body"}
+SET_SHARED = b"SET @gsmtpd_mail = ?, @gsmtpd_body = ?"
+SHARED_COLUMNS = [MAIL, BODY]      # body_text is in body's place (row.SLICED_NAMES)
+OWN_COLUMNS = {sliced: [i for i, c in enumerate(names) if c not in SHARED] for sliced, names in WRITTEN.items()}
 # The body goes as a parameter of its own even when it is the mail's text without the CRs
 # of its CRLFs (W4's 1 MiB single-part message): deriving it on the server from the mail
 # sent once saves MariaDB nothing, because its cost is in storing the bytes, not in taking
@@ -61,11 +70,11 @@ OWN_COLUMNS = [i for i, c in enumerate(COLUMNS) if c not in SHARED]
 
 
 @functools.lru_cache(maxsize=None)
-def shared_sql(rows: int) -> bytes:
+def shared_sql(rows: int, sliced: bool = False) -> bytes:
     """The INSERT of ``rows`` rows of one message, its mail and body from SET_SHARED's
     variables; parameters: the OWN_COLUMNS of each row."""
-    row = "(" + ",".join(SHARED.get(c, "?") for c in COLUMNS) + ")"
-    return (INSERT_PREFIX + ",".join([row] * rows)).encode()
+    row = "(" + ",".join(SHARED.get(c, "?") for c in WRITTEN[sliced]) + ")"
+    return (_insert_prefix(sliced) + ",".join([row] * rows)).encode()
 
 
 # What a batch goes out as: runs of whole rows, one list per INSERT; and each message sent
@@ -126,9 +135,10 @@ class MemberDown(Exception):
 
 
 @functools.lru_cache(maxsize=None)
-def insert_sql(rows: int) -> bytes:
+def insert_sql(rows: int, sliced: bool = False) -> bytes:
     """The INSERT of ``rows`` rows; only the sizes of statement_sizes are asked for."""
-    return (INSERT_PREFIX + ",".join([ROW_PLACEHOLDERS] * rows)).encode()
+    placeholders = "(" + ",".join("?" * len(WRITTEN[sliced])) + ")"
+    return (_insert_prefix(sliced) + ",".join([placeholders] * rows)).encode()
 
 
 def statement_sizes(count: int) -> list[int]:
@@ -245,6 +255,7 @@ class MySQLBackend(Backend):
         self.last_used = 0.0
         self.schema_ready = False    # CREATE TABLE once: on reconnects it would wait on locks
         self.text_type = mysql_protocol.STRING_TYPE
+        self.sliced = False          # the table stores the body as a slice of mail (_sliced)
         # True while a commit is under way (a COMMIT, or a lone autocommitted INSERT): if the
         # connection breaks then, the rows may or may not be there.
         self.committing = False
@@ -293,7 +304,8 @@ class MySQLBackend(Backend):
                     cur.execute(resources.files("gsmtpd").joinpath("schema.sql").read_text())
                 cur.execute("SELECT @@max_allowed_packet")
                 self.max_packet = int(cur.fetchone()[0])
-                self.text_type = self._text_type(cur)
+                self.sliced = self._sliced(cur)
+                self.text_type = self._text_type(cur, self.sliced)
             conn.commit()
             return conn, cluster
         except BaseException as exc:
@@ -341,11 +353,20 @@ class MySQLBackend(Backend):
             conn.close()
 
     @staticmethod
-    def _text_type(cur) -> bytes:
+    def _sliced(cur) -> bool:
+        """Does new_mail store the body as a slice of mail (schema.sql), or is `body` a real
+        column (a table made before; README: migrating)? Asked on each connection: a table
+        migrated while gsmtpd runs is written the new way from its next connection."""
+        cur.execute("SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+                    "AND TABLE_NAME = 'new_mail' AND COLUMN_NAME = 'body_start'")
+        return cur.fetchone()[0] == 1
+
+    @staticmethod
+    def _text_type(cur, sliced: bool = False) -> bytes:
         """How to send text (mysql_protocol.encode_row): as raw UTF-8 when every text
         column we write is utf8mb4, as schema.sql makes them. A table made otherwise by
         hand (a latin1 body, say) gets strings the server converts into its charset."""
-        names = [column for column in COLUMNS if column not in NOT_TEXT]
+        names = [column for column in WRITTEN[sliced] if column not in NOT_TEXT]
         cur.execute("SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
                     "AND TABLE_NAME = 'new_mail' AND COLUMN_NAME IN %s AND CHARACTER_SET_NAME = 'utf8mb4'",
                     (names,))
@@ -494,7 +515,7 @@ class MySQLBackend(Backend):
         so that a batch is never half stored."""
         inserts, shared = statements
         if len(inserts) == 1 and not shared:
-            prepared = self.statements.get(insert_sql(len(inserts[0])))
+            prepared = self.statements.get(insert_sql(len(inserts[0]), self.sliced))
             self.committing = True
             mysql_protocol.execute(self.conn, prepared, inserts[0])
             return
@@ -569,7 +590,7 @@ class MySQLBackend(Backend):
                 if len(pending.rows) > 1 and message_size(pending.rows) >= COPY_FROM:
                     shared.append(self._shared(pending, limit))
                     continue
-                rows = self._rows(pending.rows, limit)
+                rows = self._rows(self._written(pending.rows), limit)
             except RowRefused as refused:
                 verdicts[index] = refused.verdict
                 continue
@@ -586,11 +607,12 @@ class MySQLBackend(Backend):
     def _execute(self, statements: BatchStatements) -> None:
         inserts, shared = statements
         for rows in inserts:
-            mysql_protocol.execute(self.conn, self.statements.get(insert_sql(len(rows))), rows)
+            mysql_protocol.execute(self.conn, self.statements.get(insert_sql(len(rows), self.sliced)), rows)
         for values, rows in shared:
             mysql_protocol.execute(self.conn, self.statements.get(SET_SHARED), [values])
             for statement in _split(rows):
-                mysql_protocol.execute(self.conn, self.statements.get(shared_sql(len(statement))), statement)
+                mysql_protocol.execute(self.conn, self.statements.get(shared_sql(len(statement), self.sliced)),
+                                       statement)
 
     def _insert_one_by_one(self, batch: list[Pending], verdicts: list[Verdict]) -> None:
         """A savepoint per message: its rows may take more than one statement, and when a
@@ -622,7 +644,12 @@ class MySQLBackend(Backend):
 
     def _shared(self, pending: Pending, limit: int) -> tuple[Row, list[Row]]:
         """A message's mail and body once (SET_SHARED), and each of its rows without them."""
-        first = pending.rows[0]
+        rows = self._written(pending.rows)
+        first = rows[0]
         values = self._rows([[first[i] for i in SHARED_COLUMNS]], limit)[0]
-        return values, [mysql_protocol.encode_row([row[i] for i in OWN_COLUMNS], None, self.text_type)
-                        for row in pending.rows]
+        own = OWN_COLUMNS[self.sliced]
+        return values, [mysql_protocol.encode_row([row[i] for i in own], None, self.text_type) for row in rows]
+
+    def _written(self, rows: list[tuple]) -> list:
+        """The rows' values in the order of WRITTEN[self.sliced]."""
+        return [sliced_row(row) for row in rows] if self.sliced else rows
