@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import functools
 import logging
+import re
 import time
 from importlib import resources
 
@@ -67,6 +68,19 @@ OWN_COLUMNS = {sliced: [i for i, c in enumerate(names) if c not in SHARED] for s
 # mail (REPLACE of CR over 4 KiB pieces in user variables) 8.8; and a 2 MiB mail with no
 # body 5.7-7.3, as much as 1 MiB of each. One REPLACE over the whole body would take
 # 205-275 ms: MariaDB moves the rest of the string for each CR it drops.
+
+
+# MySQL 8.0.22+ refuses regular expressions on bytes (ER_CHARACTER_SET_MISMATCH:
+# https://dev.mysql.com/doc/refman/8.0/en/regexp.html), so schema.sql's `body` cannot be made
+# there: on MySQL the table keeps the body whole in a real `body` column, as before.
+_SLICED_BODY = re.compile(r"  `body_text` .*\n  `body_start` .*\n  `body` longtext AS .*\n")
+WHOLE_BODY = "  `body` longtext NOT NULL COMMENT 'chosen body part as UTF-8 text',\n"
+
+
+def schema_sql(mariadb: bool = True) -> str:
+    """The CREATE TABLE of schema.sql; on MySQL, with `body` a real column."""
+    text = resources.files("gsmtpd").joinpath("schema.sql").read_text()
+    return text if mariadb else _SLICED_BODY.sub(WHOLE_BODY, text)
 
 
 @functools.lru_cache(maxsize=None)
@@ -301,7 +315,8 @@ class MySQLBackend(Backend):
                 # Strict: a value that does not fit is an error (PERMANENT), not truncated.
                 cur.execute("SET SESSION sql_mode = 'STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION'")
                 if not self.schema_ready:
-                    cur.execute(resources.files("gsmtpd").joinpath("schema.sql").read_text())
+                    cur.execute("SELECT VERSION()")
+                    cur.execute(schema_sql("MariaDB" in cur.fetchone()[0]))
                 cur.execute("SELECT @@max_allowed_packet")
                 self.max_packet = int(cur.fetchone()[0])
                 self.sliced = self._sliced(cur)
