@@ -59,15 +59,13 @@ SHARED = {"mail": "@gsmtpd_mail", "body": "@gsmtpd_body", "body_text": "@gsmtpd_
 SET_SHARED = b"SET @gsmtpd_mail = ?, @gsmtpd_body = ?"
 SHARED_COLUMNS = [MAIL, BODY]      # body_text is in body's place (row.SLICED_NAMES)
 OWN_COLUMNS = {sliced: [i for i, c in enumerate(names) if c not in SHARED] for sliced, names in WRITTEN.items()}
-# The body goes as a parameter of its own even when it is the mail's text without the CRs
-# of its CRLFs (W4's 1 MiB single-part message): deriving it on the server from the mail
-# sent once saves MariaDB nothing, because its cost is in storing the bytes, not in taking
-# them. bench/body_cost.py (a throwaway MariaDB 10.11, 60 messages x 3 rounds, medians),
-# db CPU per 1 MiB message: body sent 7.0 ms, no body 2.3, body made on the server by
-# REPEAT with nothing of it on the wire (the floor of any derivation) 7.3, derived from the
-# mail (REPLACE of CR over 4 KiB pieces in user variables) 8.8; and a 2 MiB mail with no
-# body 5.7-7.3, as much as 1 MiB of each. One REPLACE over the whole body would take
-# 205-275 ms: MariaDB moves the rest of the string for each CR it drops.
+# A body that is the mail's text without the CRs of its CRLFs (W4's 1 MiB single-part
+# message) is not sent, nor derived into a column on the server: its cost is in storing the
+# bytes, not in taking them. bench/body_cost.py (a throwaway MariaDB 10.11, 60 messages x 3
+# rounds, medians), db CPU per 1 MiB message: body sent 7.0 ms, no body 2.3, body made on
+# the server by REPEAT with nothing of it on the wire (the floor of any derivation) 7.3,
+# derived from the mail (REPLACE of CR over 4 KiB pieces in user variables) 8.8. So the
+# table stores where it starts in mail instead (row.py: body_start, a VIRTUAL `body`).
 
 
 # MySQL 8.0.22+ refuses regular expressions on bytes (ER_CHARACTER_SET_MISMATCH:

@@ -69,10 +69,13 @@ BY_NAME = {column.name: column for column in COLUMNS}
 # receives nor stores the same text twice. Any other body is stored whole in body_text
 # (empty in a sliced row: NOT NULL, so that a table made before can be migrated in place,
 # even SQLite's, whose ALTER TABLE renames a column but cannot make it nullable).
-# bench/body_cost.py, MariaDB CPU per 1 MiB message: body sent 7.0 ms, sliced 2.7 ms (the
-# same as no body at all); reading one sliced 1 MiB body costs MariaDB 3-4 ms (REGEXP_REPLACE
-# on the bytes: REPLACE moves the rest of the string for every CR it drops, 150-650 ms a
-# MiB, and REGEXP_REPLACE on utf8mb4 text checks the rest of the text for every match, 5 s).
+# bench/body_cost.py (MariaDB 10.11 of its own, 60 messages x 3 rounds, medians), MariaDB
+# CPU per 1 MiB message: body sent 10.3 ms, sliced 3.0 (no body at all: 3.3); per 2 KB
+# message 0.28 and 0.29, the same. bench/run.py W4: 14.8 -> 5.4 db ms a message, 46 -> 85
+# msgs/s (medians of 3). The price is paid when `body` is read: 7.5 ms of MariaDB CPU for a
+# sliced 1 MiB body, 4.0 for a stored one. REGEXP_REPLACE works on the mail's bytes: REPLACE
+# moves the rest of the string for every CR it drops (163 ms a MiB), and REGEXP_REPLACE on
+# utf8mb4 text checks the rest of the text again at every match (4.8 s a MiB).
 # A table made before this (body a real column) keeps working: the stores look which one
 # they write to (README: migrating).
 BODY_TEXT = Column("body_text", "longtext", TEXT)
