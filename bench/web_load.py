@@ -74,7 +74,7 @@ def fill_backlog(db: Database, count: int) -> None:
         for start in range(0, count, 5000):
             rows = [(date, "old@mx.test", "old", b"Subject: old\r\n\r\nold\r\n", uuid.uuid4().hex, "old@mx.test")
                     for _ in range(min(5000, count - start))]
-            cur.executemany("INSERT INTO new_mail (`date`, `to`, body, mail, hash, recipient) "
+            cur.executemany("INSERT INTO new_mail (`date`, `to`, body_text, mail, hash, recipient) "
                             "VALUES (%s, %s, %s, %s, %s, %s)", rows)
     conn.close()
 

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import mime, row
-from .store import BODY, MAIL, Blob, Utf8Text
+from .store import BODY, MAIL, Blob, SlicedText, Utf8Text
 from .wire import Data
 
 
@@ -111,12 +111,17 @@ def build_rows(envelope: Envelope, message: Data, *, queue_id: str, now: float, 
     row.COLUMNS order. ``esmtp``: the client said EHLO, not HELO."""
     raw = message.message
     protocol = protocol_name(esmtp=esmtp, is_tls=is_tls, smtputf8=envelope.smtputf8)
-    mail = Blob((received_header(helo=helo, ip=ip, hostname=hostname, protocol=protocol,
-                                 queue_id=queue_id, recipients=envelope.recipients, now=now), raw))
+    received = received_header(helo=helo, ip=ip, hostname=hostname, protocol=protocol,
+                               queue_id=queue_id, recipients=envelope.recipients, now=now)
+    mail = Blob((received, raw))
     parsed = parse_message(message, prefer)
     # Encoded here, once: the str is dropped with ``parsed``, so the message is held as its
     # raw bytes plus its UTF-8 body until the writer is done (budget.py counts those two).
-    body = Utf8Text((parsed.body.encode("utf-8", "replace"),))
+    body_bytes = (parsed.body.encode("utf-8", "replace"),)
+    # A body that is the rest of the mail without its CRs is stored as where it starts in
+    # `mail`, where the table allows (row.py); its text stays for a table that does not.
+    body = (Utf8Text(body_bytes) if parsed.body_from < 0
+            else SlicedText(body_bytes, len(received) + parsed.body_from))
     date = _STAMPS.at(now).column
     hashes = row_hashes(queue_id, len(envelope.recipients))
     return [

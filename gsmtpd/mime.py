@@ -49,6 +49,9 @@ class Parsed:
     content_type: str  # content type of the chosen part, lower-case
     has_attach: int    # number of real attachments
     message_id: str    # Message-ID value, stripped, at most 255 characters
+    # Where in the raw message a body starts that is exactly the rest of it, decoded as
+    # UTF-8, with its CRs dropped (row.py stores such a body as a slice of `mail`); -1: none.
+    body_from: int = -1
 
 
 @dataclass(slots=True)
@@ -113,7 +116,7 @@ def _raw_fields(raw: bytes) -> Parsed:
 def _parse(raw: bytes, preferred: str, crlf_only: bool = False) -> Parsed:
     root, entities = _walk(raw)
     chosen = _choose(raw, root, preferred)
-    body, charset = _body_text(raw, chosen, crlf_only) if chosen else ("", "us-ascii")
+    body, charset, body_from = _body_text(raw, chosen, crlf_only) if chosen else ("", "us-ascii", -1)
     hints = (root.params.get("charset"), charset)
     return Parsed(
         subject=_subject(root.fields.get(b"subject"), hints),
@@ -123,6 +126,7 @@ def _parse(raw: bytes, preferred: str, crlf_only: bool = False) -> Parsed:
         content_type=(chosen or root).content_type,
         has_attach=sum(1 for entity in entities if entity.attachment and not entity.inside_attachment),
         message_id=_message_id(root.fields.get(b"message-id")),
+        body_from=body_from,
     )
 
 
@@ -341,7 +345,9 @@ _META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za-z0
 _CR_FOR_CR = frozenset({"us-ascii", "utf-8", "iso-8859-1", "windows-1252"})
 
 
-def _body_text(raw: bytes, entity: _Entity, crlf_only: bool = False) -> tuple[str, str]:
+def _body_text(raw: bytes, entity: _Entity, crlf_only: bool = False) -> tuple[str, str, int]:
+    """(text, charset, body_from): body_from is entity.body_start when the text is exactly
+    raw[body_start:] as UTF-8 without its CRs (Parsed.body_from), else -1."""
     data = _transfer_decoded(raw[entity.body_start:entity.body_end], entity.encoding)
     label = entity.params.get("charset")
     if not label and entity.content_type == "text/html":
@@ -352,6 +358,8 @@ def _body_text(raw: bytes, entity: _Entity, crlf_only: bool = False) -> tuple[st
     # encoding kept it, and the part does not end between a CR and its LF.
     crs_start_crlfs = (crlf_only and entity.encoding not in (_BASE64, _QUOTED_PRINTABLE)
                        and not data.endswith(b"\r"))
+    # A slice of the raw message to its end: the same bytes, whatever the charset's name.
+    to_the_end = crs_start_crlfs and entity.body_end == len(raw)
     if crs_start_crlfs and data.isascii() and charsets.normalize(label) not in charsets.NOT_ASCII_COMPATIBLE:
         # Most bodies: ASCII, which any ASCII-compatible charset decodes a byte to a
         # character. Dropping the CR bytes before decoding (memchr) is cheaper than the
@@ -359,8 +367,13 @@ def _body_text(raw: bytes, entity: _Entity, crlf_only: bool = False) -> tuple[st
         # instead of 143k (callgrind).
         data = data.replace(b"\r", b"")     # the part's slice goes: a 10 MiB body is not held 3 times
         text, charset = charsets.decode(data, label)
-        return charsets.clean(text), charset
+        body = charsets.clean(text)
+        # ASCII is UTF-8; clean() returns its argument when it drops no NUL.
+        return body, charset, entity.body_start if to_the_end and body is text else -1
     text, charset = charsets.decode(data, label)
+    # Strict UTF-8, no NUL: charset "utf-8" with no U+FFFD is the bytes decoded without
+    # error (a lenient decode marks each error with one).
+    exact = to_the_end and charset == "utf-8" and "\x00" not in text and "\ufffd" not in text
     if "\r" in text:
         if crs_start_crlfs and charset in _CR_FOR_CR:
             # A CR in these charsets is a CR byte, so dropping CRs is the replace below, in
@@ -368,7 +381,7 @@ def _body_text(raw: bytes, entity: _Entity, crlf_only: bool = False) -> tuple[st
             text = text.replace("\r", "")
         else:
             text = text.replace("\r\n", "\n")
-    return charsets.clean(text), charset
+    return charsets.clean(text), charset, entity.body_start if exact else -1
 
 
 def _transfer_decoded(data: bytes, encoding: str) -> bytes:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import functools
 import logging
+import re
 import time
 from importlib import resources
 
@@ -24,17 +25,25 @@ import pymysql
 from . import metrics, mysql_protocol, pymysql_adapter
 from .members import Member, MemberSet, StoreAddress
 from .mysql_protocol import Row
-from .row import COLUMNS as DECLARED, TEXT
-from .store import (COLUMNS, Backend, Blob, Pending, RowRefused, StoreMisconfigured,
-                    StoreUnreachable, TransientError, Verdict, message_size)
+from .row import SLICED_NAMES, TABLE, TEXT
+from .store import (BODY, COLUMNS, MAIL, Backend, Blob, Pending, RowRefused, StoreMisconfigured,
+                    StoreUnreachable, TransientError, Verdict, message_size, sliced_row)
 
 log = logging.getLogger("gsmtpd.store.mysql")
 
 HASH = COLUMNS.index("hash")
 # The columns that get no str value: all others are text, in utf8mb4 (schema.sql).
-NOT_TEXT = {column.name for column in DECLARED if column.kind != TEXT}
-INSERT_PREFIX = "INSERT INTO `new_mail` (" + ",".join(f"`{c}`" for c in COLUMNS) + ") VALUES "
-ROW_PLACEHOLDERS = "(" + ",".join("?" * len(COLUMNS)) + ")"
+NOT_TEXT = {column.name for column in TABLE if column.kind != TEXT}
+# The columns an INSERT names, in the order of a row's values: a table made by schema.sql
+# stores the body as a slice of mail where it can (row.SLICED_NAMES, store.sliced_row); one
+# made before has a real `body` column and takes the row tuple as it is (COLUMNS).
+WRITTEN = {False: COLUMNS, True: SLICED_NAMES}
+
+
+def _insert_prefix(sliced: bool) -> str:
+    return "INSERT INTO `new_mail` (" + ",".join(f"`{c}`" for c in WRITTEN[sliced]) + ") VALUES "
+
+
 # A message to N recipients crosses the wire once, while each recipient still gets a row
 # with the whole message in `mail` (users read it there): its mail and body are set once
 # as session variables, and its N rows are one INSERT that names them (shared_sql). The
@@ -45,27 +54,39 @@ ROW_PLACEHOLDERS = "(" + ",".join("?" * len(COLUMNS)) + ")"
 # the batch in a transaction, two round trips (BEGIN, COMMIT) that cost more than
 # resending 4 KB.
 COPY_FROM = 64 * 1024
-SHARED = {"mail": "@gsmtpd_mail", "body": "@gsmtpd_body"}
-SET_SHARED = ("SET " + ", ".join(f"{name} = ?" for name in SHARED.values())).encode()
-SHARED_COLUMNS = [COLUMNS.index(c) for c in SHARED]
-OWN_COLUMNS = [i for i, c in enumerate(COLUMNS) if c not in SHARED]
-# The body goes as a parameter of its own even when it is the mail's text without the CRs
-# of its CRLFs (W4's 1 MiB single-part message): deriving it on the server from the mail
-# sent once saves MariaDB nothing, because its cost is in storing the bytes, not in taking
-# them. bench/body_cost.py (a throwaway MariaDB 10.11, 60 messages x 3 rounds, medians),
-# db CPU per 1 MiB message: body sent 7.0 ms, no body 2.3, body made on the server by
-# REPEAT with nothing of it on the wire (the floor of any derivation) 7.3, derived from the
-# mail (REPLACE of CR over 4 KiB pieces in user variables) 8.8; and a 2 MiB mail with no
-# body 5.7-7.3, as much as 1 MiB of each. One REPLACE over the whole body would take
-# 205-275 ms: MariaDB moves the rest of the string for each CR it drops.
+# (A sliced body is '' in @gsmtpd_body, and its body_start is one of each row's own.)
+SHARED = {"mail": "@gsmtpd_mail", "body": "@gsmtpd_body", "body_text": "@gsmtpd_body"}
+SET_SHARED = b"SET @gsmtpd_mail = ?, @gsmtpd_body = ?"
+SHARED_COLUMNS = [MAIL, BODY]      # body_text is in body's place (row.SLICED_NAMES)
+OWN_COLUMNS = {sliced: [i for i, c in enumerate(names) if c not in SHARED] for sliced, names in WRITTEN.items()}
+# A body that is the mail's text without the CRs of its CRLFs (W4's 1 MiB single-part
+# message) is not sent, nor derived into a column on the server: its cost is in storing the
+# bytes, not in taking them. bench/body_cost.py (a throwaway MariaDB 10.11, 60 messages x 3
+# rounds, medians), db CPU per 1 MiB message: body sent 7.0 ms, no body 2.3, body made on
+# the server by REPEAT with nothing of it on the wire (the floor of any derivation) 7.3,
+# derived from the mail (REPLACE of CR over 4 KiB pieces in user variables) 8.8. So the
+# table stores where it starts in mail instead (row.py: body_start, a VIRTUAL `body`).
+
+
+# MySQL 8.0.22+ refuses regular expressions on bytes (ER_CHARACTER_SET_MISMATCH:
+# https://dev.mysql.com/doc/refman/8.0/en/regexp.html), so schema.sql's `body` cannot be made
+# there: on MySQL the table keeps the body whole in a real `body` column, as before.
+_SLICED_BODY = re.compile(r"  `body_text` .*\n  `body_start` .*\n  `body` longtext AS .*\n")
+WHOLE_BODY = "  `body` longtext NOT NULL COMMENT 'chosen body part as UTF-8 text',\n"
+
+
+def schema_sql(mariadb: bool = True) -> str:
+    """The CREATE TABLE of schema.sql; on MySQL, with `body` a real column."""
+    text = resources.files("gsmtpd").joinpath("schema.sql").read_text()
+    return text if mariadb else _SLICED_BODY.sub(WHOLE_BODY, text)
 
 
 @functools.lru_cache(maxsize=None)
-def shared_sql(rows: int) -> bytes:
+def shared_sql(rows: int, sliced: bool = False) -> bytes:
     """The INSERT of ``rows`` rows of one message, its mail and body from SET_SHARED's
     variables; parameters: the OWN_COLUMNS of each row."""
-    row = "(" + ",".join(SHARED.get(c, "?") for c in COLUMNS) + ")"
-    return (INSERT_PREFIX + ",".join([row] * rows)).encode()
+    row = "(" + ",".join(SHARED.get(c, "?") for c in WRITTEN[sliced]) + ")"
+    return (_insert_prefix(sliced) + ",".join([row] * rows)).encode()
 
 
 # What a batch goes out as: runs of whole rows, one list per INSERT; and each message sent
@@ -126,9 +147,10 @@ class MemberDown(Exception):
 
 
 @functools.lru_cache(maxsize=None)
-def insert_sql(rows: int) -> bytes:
+def insert_sql(rows: int, sliced: bool = False) -> bytes:
     """The INSERT of ``rows`` rows; only the sizes of statement_sizes are asked for."""
-    return (INSERT_PREFIX + ",".join([ROW_PLACEHOLDERS] * rows)).encode()
+    placeholders = "(" + ",".join("?" * len(WRITTEN[sliced])) + ")"
+    return (_insert_prefix(sliced) + ",".join([placeholders] * rows)).encode()
 
 
 def statement_sizes(count: int) -> list[int]:
@@ -245,6 +267,7 @@ class MySQLBackend(Backend):
         self.last_used = 0.0
         self.schema_ready = False    # CREATE TABLE once: on reconnects it would wait on locks
         self.text_type = mysql_protocol.STRING_TYPE
+        self.sliced = False          # the table stores the body as a slice of mail (_sliced)
         # True while a commit is under way (a COMMIT, or a lone autocommitted INSERT): if the
         # connection breaks then, the rows may or may not be there.
         self.committing = False
@@ -290,10 +313,12 @@ class MySQLBackend(Backend):
                 # Strict: a value that does not fit is an error (PERMANENT), not truncated.
                 cur.execute("SET SESSION sql_mode = 'STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION'")
                 if not self.schema_ready:
-                    cur.execute(resources.files("gsmtpd").joinpath("schema.sql").read_text())
+                    cur.execute("SELECT VERSION()")
+                    cur.execute(schema_sql("MariaDB" in cur.fetchone()[0]))
                 cur.execute("SELECT @@max_allowed_packet")
                 self.max_packet = int(cur.fetchone()[0])
-                self.text_type = self._text_type(cur)
+                self.sliced = self._sliced(cur)
+                self.text_type = self._text_type(cur, self.sliced)
             conn.commit()
             return conn, cluster
         except BaseException as exc:
@@ -341,11 +366,20 @@ class MySQLBackend(Backend):
             conn.close()
 
     @staticmethod
-    def _text_type(cur) -> bytes:
+    def _sliced(cur) -> bool:
+        """Does new_mail store the body as a slice of mail (schema.sql), or is `body` a real
+        column (a table made before; README: migrating)? Asked on each connection: a table
+        migrated while gsmtpd runs is written the new way from its next connection."""
+        cur.execute("SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+                    "AND TABLE_NAME = 'new_mail' AND COLUMN_NAME = 'body_start'")
+        return cur.fetchone()[0] == 1
+
+    @staticmethod
+    def _text_type(cur, sliced: bool = False) -> bytes:
         """How to send text (mysql_protocol.encode_row): as raw UTF-8 when every text
         column we write is utf8mb4, as schema.sql makes them. A table made otherwise by
         hand (a latin1 body, say) gets strings the server converts into its charset."""
-        names = [column for column in COLUMNS if column not in NOT_TEXT]
+        names = [column for column in WRITTEN[sliced] if column not in NOT_TEXT]
         cur.execute("SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
                     "AND TABLE_NAME = 'new_mail' AND COLUMN_NAME IN %s AND CHARACTER_SET_NAME = 'utf8mb4'",
                     (names,))
@@ -494,7 +528,7 @@ class MySQLBackend(Backend):
         so that a batch is never half stored."""
         inserts, shared = statements
         if len(inserts) == 1 and not shared:
-            prepared = self.statements.get(insert_sql(len(inserts[0])))
+            prepared = self.statements.get(insert_sql(len(inserts[0]), self.sliced))
             self.committing = True
             mysql_protocol.execute(self.conn, prepared, inserts[0])
             return
@@ -569,7 +603,7 @@ class MySQLBackend(Backend):
                 if len(pending.rows) > 1 and message_size(pending.rows) >= COPY_FROM:
                     shared.append(self._shared(pending, limit))
                     continue
-                rows = self._rows(pending.rows, limit)
+                rows = self._rows(self._written(pending.rows), limit)
             except RowRefused as refused:
                 verdicts[index] = refused.verdict
                 continue
@@ -586,11 +620,12 @@ class MySQLBackend(Backend):
     def _execute(self, statements: BatchStatements) -> None:
         inserts, shared = statements
         for rows in inserts:
-            mysql_protocol.execute(self.conn, self.statements.get(insert_sql(len(rows))), rows)
+            mysql_protocol.execute(self.conn, self.statements.get(insert_sql(len(rows), self.sliced)), rows)
         for values, rows in shared:
             mysql_protocol.execute(self.conn, self.statements.get(SET_SHARED), [values])
             for statement in _split(rows):
-                mysql_protocol.execute(self.conn, self.statements.get(shared_sql(len(statement))), statement)
+                mysql_protocol.execute(self.conn, self.statements.get(shared_sql(len(statement), self.sliced)),
+                                       statement)
 
     def _insert_one_by_one(self, batch: list[Pending], verdicts: list[Verdict]) -> None:
         """A savepoint per message: its rows may take more than one statement, and when a
@@ -622,7 +657,12 @@ class MySQLBackend(Backend):
 
     def _shared(self, pending: Pending, limit: int) -> tuple[Row, list[Row]]:
         """A message's mail and body once (SET_SHARED), and each of its rows without them."""
-        first = pending.rows[0]
+        rows = self._written(pending.rows)
+        first = rows[0]
         values = self._rows([[first[i] for i in SHARED_COLUMNS]], limit)[0]
-        return values, [mysql_protocol.encode_row([row[i] for i in OWN_COLUMNS], None, self.text_type)
-                        for row in pending.rows]
+        own = OWN_COLUMNS[self.sliced]
+        return values, [mysql_protocol.encode_row([row[i] for i in own], None, self.text_type) for row in rows]
+
+    def _written(self, rows: list[tuple]) -> list:
+        """The rows' values in the order of WRITTEN[self.sliced]."""
+        return [sliced_row(row) for row in rows] if self.sliced else rows

@@ -1,6 +1,8 @@
 -- gsmtpd: the table every accepted message lands in, one row per accepted recipient.
 -- The seed's Guerrilla SMTPd schema, fixed and extended: utf8mb4 everywhere, mail as
 -- LONGBLOB (no 64 KB cap, bytes kept exactly), body as LONGTEXT, a unique hash per row.
+-- body is a VIRTUAL column: most bodies are the rest of mail without its CRs, and such a
+-- row stores only body_start; any other body is stored in body_text (gsmtpd/row.py says why).
 -- The columns are declared in gsmtpd/row.py; tests/test_row.py holds this file to it.
 -- gsmtpd runs this itself on start (CREATE TABLE IF NOT EXISTS); you may run it by hand:
 --   mysql -u root gsmtpd < schema.sql
@@ -10,7 +12,9 @@ CREATE TABLE IF NOT EXISTS `new_mail` (
   `from` varchar(255) NOT NULL DEFAULT '' COMMENT 'address in the From: header, lower-cased',
   `to` varchar(255) NOT NULL COMMENT 'mailbox key: local@primary_host, else the recipient lower-cased',
   `subject` varchar(255) NOT NULL DEFAULT '' COMMENT 'Subject, RFC 2047 decoded',
-  `body` longtext NOT NULL COMMENT 'chosen body part as UTF-8 text',
+  `body_text` longtext NOT NULL COMMENT 'the body, when it is not a slice of mail (else empty)',
+  `body_start` int unsigned NULL COMMENT 'bytes of mail before the body, when body is the rest of mail without CRs',
+  `body` longtext AS (IF(`body_start` IS NULL, `body_text`, CONVERT(REGEXP_REPLACE(SUBSTRING(`mail`, `body_start` + 1), '\r', '') USING utf8mb4))) VIRTUAL COMMENT 'chosen body part as UTF-8 text',
   `charset` varchar(64) NOT NULL DEFAULT '' COMMENT 'charset the body was converted from',
   `mail` longblob NOT NULL COMMENT 'raw message as received, Received: header prepended',
   `spam_score` float NOT NULL DEFAULT 0,

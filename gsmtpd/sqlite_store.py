@@ -13,7 +13,7 @@ from gevent import get_hub
 
 from . import row
 from .store import (COLUMNS, MAIL, PER_RECIPIENT, Backend, Blob, Pending, StoreMisconfigured, TransientError,
-                    Utf8Text, Verdict, value_size)
+                    Utf8Text, Verdict, sliced_row, value_size)
 
 # Derived from the declaration (row.py), as MySQL's schema.sql is held to it.
 SCHEMA = row.sqlite_schema()
@@ -38,30 +38,36 @@ def _capture(func, *args):
 
 # The mail goes in as a zeroblob of its length, then is written part by part through
 # incremental blob I/O: the message is not joined with its Received header into a copy.
-_PLACEHOLDER = {"mail": "zeroblob(?)", "body": "CAST(? AS TEXT)"}
-INSERT = ("INSERT INTO new_mail (" + ",".join(f'"{c}"' for c in COLUMNS) + ") VALUES ("
-          + ",".join(_PLACEHOLDER.get(c, "?") for c in COLUMNS) + ")")
+_PLACEHOLDER = {"mail": "zeroblob(?)", "body": "CAST(? AS TEXT)", "body_text": "CAST(? AS TEXT)"}
+# The columns written, in the order of a row's values: a table made by row.sqlite_schema
+# stores the body as a slice of mail where it can (row.SLICED_NAMES, store.sliced_row); one
+# made before has a real `body` column and takes the row tuple as it is.
+WRITTEN = {False: COLUMNS, True: row.SLICED_NAMES}
+INSERT = {sliced: "INSERT INTO new_mail (" + ",".join(f'"{c}"' for c in names) + ") VALUES ("
+          + ",".join(_PLACEHOLDER.get(c, "?") for c in names) + ")" for sliced, names in WRITTEN.items()}
 # A message to several recipients is bound once: its first row is inserted, and the
 # others are copied from it (as in mysql_store), each with its own PER_RECIPIENT columns.
-COPY = ("INSERT INTO new_mail (" + ",".join(f'"{c}"' for c in COLUMNS) + ") SELECT "
-        + ",".join("?" if c in PER_RECIPIENT else f'"{c}"' for c in COLUMNS) + " FROM new_mail WHERE hash = ?")
+COPY = {sliced: "INSERT INTO new_mail (" + ",".join(f'"{c}"' for c in names) + ") SELECT "
+        + ",".join("?" if c in PER_RECIPIENT else f'"{c}"' for c in names) + " FROM new_mail WHERE hash = ?"
+        for sliced, names in WRITTEN.items()}
 COPIED = [COLUMNS.index(c) for c in PER_RECIPIENT]
 HASH = COLUMNS.index("hash")
 
 
-def insert(conn: sqlite3.Connection, rows: list[tuple]) -> None:
-    """One message's rows: the first whole, the others copied from it."""
+def insert(conn: sqlite3.Connection, rows: list[tuple], sliced: bool = False) -> None:
+    """One message's rows: the first whole, the others copied from it. ``sliced``: the
+    table stores the body as a slice of mail (SQLiteBackend.sliced)."""
     first = rows[0]
     mail = first[MAIL]
-    values = [bindable(value) for value in first]
+    values = [bindable(value) for value in (sliced_row(first) if sliced else first)]
     values[MAIL] = value_size(mail)
-    rowid = conn.execute(INSERT, values).lastrowid
+    rowid = conn.execute(INSERT[sliced], values).lastrowid
     if values[MAIL]:
         with conn.blobopen("new_mail", "mail", rowid) as blob:
             for part in (mail if isinstance(mail, Blob) else (mail,)):
                 blob.write(part)
     if len(rows) > 1:
-        conn.executemany(COPY, ([row[i] for i in COPIED] + [rows[0][HASH]] for row in rows[1:]))
+        conn.executemany(COPY[sliced], ([row[i] for i in COPIED] + [rows[0][HASH]] for row in rows[1:]))
 
 
 class SQLiteBackend(Backend):
@@ -69,6 +75,7 @@ class SQLiteBackend(Backend):
         self.path = path
         self.timeout = timeout
         self.conn: sqlite3.Connection | None = None
+        self.sliced = False          # the table stores the body as a slice of mail
 
     def _in_thread(self, func, *args):
         """Run in gevent's thread pool. Errors travel back as values: raised inside the
@@ -95,6 +102,8 @@ class SQLiteBackend(Backend):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.executescript(SCHEMA)
+        # A table made before row.py sliced the body has `body` as a real column.
+        self.sliced = any(column[1] == "body_start" for column in conn.execute("PRAGMA table_xinfo(new_mail)"))
         return conn
 
     def close(self) -> None:
@@ -116,14 +125,14 @@ class SQLiteBackend(Backend):
         verdicts = [Verdict.STORED] * len(batch)
         try:
             for pending in batch:
-                insert(conn, pending.rows)
+                insert(conn, pending.rows, self.sliced)
         except sqlite3.IntegrityError:
             conn.rollback()
             conn.execute("BEGIN")    # the savepoints nest in it: RELEASE does not commit
             for index, pending in enumerate(batch):
                 conn.execute("SAVEPOINT one_message")
                 try:
-                    insert(conn, pending.rows)
+                    insert(conn, pending.rows, self.sliced)
                 except sqlite3.IntegrityError:
                     conn.execute("ROLLBACK TO one_message")
                     verdicts[index] = Verdict.REFUSED

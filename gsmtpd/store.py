@@ -45,6 +45,30 @@ class Utf8Text(Blob):
     the text twice (str and bytes) or encodes it again for every recipient."""
 
 
+class SlicedText(Utf8Text):
+    """A body that is ``mail`` from byte ``start`` on, decoded as UTF-8, without its CRs
+    (row.py: a table with body_start stores it as that offset, and not its text)."""
+
+    def __new__(cls, parts: tuple, start: int):
+        text = super().__new__(cls, parts)
+        text.start = start
+        return text
+
+
+def sliced_row(values) -> list:
+    """A row tuple as a table that stores the body as a slice of mail takes it
+    (row.SLICED_NAMES): body_text in the place of body, empty for a SlicedText, and
+    body_start last, NULL for any other body."""
+    values = list(values)
+    body = values[BODY]
+    if type(body) is SlicedText:
+        values[BODY] = ""
+        values.append(body.start)
+    else:
+        values.append(None)
+    return values
+
+
 # The columns that differ between the rows of one message (one row per recipient); the
 # others are the message's and are the same in all of its rows.
 PER_RECIPIENT = tuple(column.name for column in row.COLUMNS if column.per_recipient)

@@ -25,6 +25,6 @@ def test_body_cost_stores_the_same_row_every_way():
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "derived rows equal to the sent row: 3 of 3" in done.stdout
-    medians = re.search(r"median db ms/msg: sent ([\d.]+), no body ([\d.]+), generated ([\d.]+), derived ([\d.]+)",
+    medians = re.search(r"median db ms/msg: sent ([\d.]+), sliced ([\d.]+), no body ([\d.]+), generated ([\d.]+), derived ([\d.]+)",
                         done.stdout)
     assert medians, done.stdout

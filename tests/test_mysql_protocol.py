@@ -178,7 +178,7 @@ def test_a_table_made_with_a_latin1_body_still_gets_converted_text(mysql_store):
     conn = mysql_store.connect()
     with conn.cursor() as cur:
         cur.execute(resources.files("gsmtpd").joinpath("schema.sql").read_text())
-        cur.execute("ALTER TABLE new_mail MODIFY `body` longtext CHARACTER SET latin1 NOT NULL")
+        cur.execute("ALTER TABLE new_mail MODIFY `body_text` longtext CHARACTER SET latin1 NOT NULL")
     conn.close()
     store = MySQLBackend(MYSQL_HOST, MYSQL_PORT, MYSQL_USER, MYSQL_PASSWORD, mysql_store.database,
                          None, timeout=30)

@@ -20,7 +20,7 @@ def fill(store, count: int, age: float, to: str = "old@test.org") -> None:
     date = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() - age))
     rows = [(date, to, "old body", b"Subject: old\r\n\r\nold body\r\n", uuid.uuid4().hex, to)
             for _ in range(count)]
-    sql = "INSERT INTO new_mail (`date`, `to`, body, mail, hash, recipient) VALUES (%s, %s, %s, %s, %s, %s)"
+    sql = "INSERT INTO new_mail (`date`, `to`, body_text, mail, hash, recipient) VALUES (%s, %s, %s, %s, %s, %s)"
     if store.url.startswith("sqlite"):
         conn = sqlite3.connect(store.path)
         with conn:

@@ -17,7 +17,7 @@ from gsmtpd.retention import AHEAD, Retention, utc_text
 from test_retention import fill
 
 RETENTION = 3600
-INSERT = "INSERT INTO new_mail (`date`, `to`, body, mail, hash, recipient) VALUES (%s, %s, %s, %s, %s, %s)"
+INSERT = "INSERT INTO new_mail (`date`, `to`, body_text, mail, hash, recipient) VALUES (%s, %s, %s, %s, %s, %s)"
 
 
 def make_table(store) -> None:

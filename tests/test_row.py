@@ -13,7 +13,7 @@ from gsmtpd.wire import Data
 # MariaDB reports an integer's display width ("int(10) unsigned"); schema.sql and row.py
 # write none, except tinyint(1), the conventional boolean.
 _DISPLAY_WIDTH = re.compile(r"^(bigint|int|smallint|mediumint)\(\d+\)")
-EVERY = (row.ID, *row.COLUMNS)
+EVERY = (row.ID, *row.TABLE)
 
 
 def test_schema_sql_makes_the_declared_table_in_mariadb(mysql_store):
@@ -32,10 +32,14 @@ def test_schema_sql_makes_the_declared_table_in_mariadb(mysql_store):
                     for index, non_unique, column in cur.fetchall()}
     finally:
         conn.close()
-    # Text in utf8mb4 (mysql_store sends it as raw UTF-8 then), every column NOT NULL.
-    declared = [(c.name, c.mysql_type, "NO", c.default, "utf8mb4" if c.kind == row.TEXT else None,
-                 "auto_increment" if c is row.ID else "") for c in EVERY]
+    # Text in utf8mb4 (mysql_store sends it as raw UTF-8 then), every column NOT NULL but
+    # the body's three: body_text, body_start, and body, generated from them and mail.
+    declared = [(c.name, c.mysql_type, "YES" if c.nullable else "NO", "NULL" if c.nullable else c.default,
+                 "utf8mb4" if c.kind == row.TEXT else None,
+                 "auto_increment" if c is row.ID else "VIRTUAL GENERATED" if c.mysql_as else "") for c in EVERY]
     assert made == declared
+    assert f"`body` longtext AS ({row.BODY.mysql_as}) VIRTUAL" in resources.files("gsmtpd").joinpath(
+        "schema.sql").read_text()
     assert keys == {c.name: c.key for c in EVERY if c.key}
 
 
@@ -43,8 +47,8 @@ def test_the_sqlite_schema_is_the_declared_table(tmp_path):
     conn = sqlite3.connect(tmp_path / "mail.db")
     try:
         conn.executescript(sqlite_store.SCHEMA)
-        made = [(name, kind, notnull, default)
-                for _, name, kind, notnull, default, _ in conn.execute("PRAGMA table_info(new_mail)")]
+        made = [(name, kind, notnull, default, hidden)
+                for _, name, kind, notnull, default, _, hidden in conn.execute("PRAGMA table_xinfo(new_mail)")]
         unique = {conn.execute(f"PRAGMA index_info('{name}')").fetchone()[2]
                   for _, name, is_unique, *_ in conn.execute("PRAGMA index_list(new_mail)") if is_unique}
         indexed = {conn.execute(f"PRAGMA index_info('{name}')").fetchone()[2]
@@ -52,8 +56,10 @@ def test_the_sqlite_schema_is_the_declared_table(tmp_path):
                    if not is_unique and origin == "c"}
     finally:
         conn.close()
-    assert made == [("mail_id", "INTEGER", 0, None)] + [
-        (c.name, row.SQLITE_TYPE[c.kind], 1, c.default) for c in row.COLUMNS]
+    # hidden 2: a VIRTUAL generated column (https://sqlite.org/pragma.html#pragma_table_xinfo).
+    assert made == [("mail_id", "INTEGER", 0, None, 0)] + [
+        (c.name, row.SQLITE_TYPE[c.kind], int(not c.nullable and not c.sqlite_as), c.default,
+         2 if c.sqlite_as else 0) for c in row.sqlite_table()]
     assert unique == {c.name for c in row.COLUMNS if c.key == "unique"}
     assert indexed == {c.name for c in row.COLUMNS if c.key == "index"}
 
