@@ -85,7 +85,7 @@ def insert_row(path, mail_id: int, box: str, subject: str) -> None:
     leaves it (two writers, or Galera's interleaved auto-increment)."""
     conn = sqlite3.connect(path)
     try:
-        conn.execute("INSERT INTO new_mail (mail_id, `date`, `to`, subject, body, mail, hash, recipient) "
+        conn.execute("INSERT INTO new_mail (mail_id, `date`, `to`, subject, body_text, mail, hash, recipient) "
                      "VALUES (?, datetime('now'), ?, ?, 'late', X'6c617465', ?, ?)",
                      (mail_id, box, subject, uuid.uuid4().hex, box))
         conn.commit()
