@@ -119,7 +119,9 @@ class Word(enum.StrEnum):
 @pytest.mark.parametrize("value", [
     "short", "\u00e9" * 200, "x" * 70000, b"\x00\xff", b"y" * 70000, Blob((b"a", b"b" * 70000)),
     Utf8Text(("caf\u00e9".encode(),)), Utf8Text((b"a", b"b")), None, True, False, -5, (1 << 64) - 1,
-    1 << 64, 0.25, datetime.datetime(2026, 5, 9, 1, 2, 3), Level.HIGH, Word.HELLO])
+    1 << 64, 0.25, datetime.datetime(2026, 5, 9, 1, 2, 3), Level.HIGH, Word.HELLO,
+    -(1 << 63), (1 << 63) - 1, 1 << 63, Utf8Text((b"t" * 300,)), Utf8Text((b"t" * 70000,)), Blob(()),
+    "\u00e9" * 250])
 def test_a_row_sends_each_value_as_the_one_encoder_table_says(value):
     """encode_row's inlined short text and its shared long text give what encode_value
     (the table) gives; a subclass (IntEnum, StrEnum) goes as its base."""
@@ -131,6 +133,17 @@ def test_a_row_sends_each_value_as_the_one_encoder_table_says(value):
     base = {Level: int, Word: str}.get(type(value))
     if base:
         assert mysql_protocol.encode_value(base(value)) == (kind, pieces)
+
+
+def test_long_text_and_blob_go_ahead_without_their_length_prefix():
+    body, mail = Utf8Text((b"z" * 70000,)), Blob((b"Received: x\r\n", b"m" * 70000))
+    row = mysql_protocol.encode_row(["a", body, mail, 7], long_from=65536)
+    assert [(v.param, b"".join(v.pieces), v.size) for v in row.long] == [
+        (1, body[0], 70000), (2, mail.join(), len(mail.join()))]
+    assert b"".join(row.values) == b"\x01a" + (7).to_bytes(8, "little")
+    short = mysql_protocol.encode_row(["a", body, mail, 7], long_from=1 << 20)
+    assert not short.long and b"".join(short.values) == b"".join(
+        b"".join(mysql_protocol.encode_value(v)[1]) for v in ("a", body, mail, 7))
 
 
 def test_a_value_of_no_type_in_the_table_is_refused():

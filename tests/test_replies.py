@@ -38,3 +38,10 @@ def test_every_reply_is_well_formed_and_its_enhanced_code_matches_its_class():
             assert enhanced.group(1) == lines[-1][:1], (name, "RFC 3463 2: class digit matches the reply")
         elif name not in ("greeting", "helo_ok", "ehlo_ok", "START_DATA"):
             raise AssertionError(f"{name} has no enhanced status code: {data!r}")
+
+
+def test_the_queued_reply_is_the_one_reply_makes():
+    for queue_id in ("0123456789abcdef0123456789abcdef", "ab" * 16):
+        made = R.queued(queue_id)
+        assert made == R.reply(250, "2.0.0", f"OK: queued as {queue_id}") and type(made) is R.Reply
+        assert made.code == 250 and made.enhanced == "2.0.0"
