@@ -38,10 +38,11 @@ def text_with_cut(pad: str) -> str:
 
 
 def html_with_cut(pad: str) -> str:
-    # The tag ends near character 2000, so the snippet shows the source's last characters:
-    # one more or one less than SNIPPET_SOURCE, or a byte of the cut, and it differs.
-    return (f"<html><body><i title=\"{pad}" + lines(EMOJI * 1900, 50) + "\">"
-            + lines(EMOJI * 600, 50) + "</i></body></html>\r\n")
+    # One line (DATA has no line limit here) of 4-byte characters but two: the prefix holds
+    # just over SNIPPET_SOURCE characters. The tag ends near character 2000, so the snippet
+    # shows the source's last characters: one more or one less than SNIPPET_SOURCE, or a
+    # byte of the cut character, and it differs.
+    return "<" + pad + EMOJI * 1990 + ">" + EMOJI * 600 + "\r\n"
 
 
 MESSAGES = [   # (subject, body, extra headers, sliced?)
