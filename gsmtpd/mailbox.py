@@ -49,7 +49,8 @@ class StoreDown(Exception):
 # MariaDB, kept as bytes by SQLite) lies beyond the SNIPPET_SOURCE characters kept, and the
 # source is the same text SUBSTR(body, ...) gives. A table made before (a real `body`
 # column) is read as before. Which table it is, each connection asks when it opens
-# (row.mysql_sliced, row.sqlite_sliced, as the stores do).
+# (row.mysql_sliced, row.sqlite_sliced, as the stores do); one opened before the table
+# exists, or before it is migrated, keeps SUBSTR(body, ...): right on either table, only slower.
 SLICE_PREFIX = 4 * SNIPPET_SOURCE
 WHOLE_SNIPPET = f"SUBSTR(body, 1, {SNIPPET_SOURCE})"
 SNIPPET = "{snippet}"         # in a statement: the snippet source of the connection's table
