@@ -25,7 +25,7 @@ import pymysql
 from . import metrics, mysql_protocol, pymysql_adapter
 from .members import Member, MemberSet, StoreAddress
 from .mysql_protocol import Row
-from .row import SLICED_NAMES, TABLE, TEXT
+from .row import SLICED_NAMES, TABLE, TEXT, mysql_sliced
 from .store import (BODY, COLUMNS, MAIL, Backend, Blob, Pending, RowRefused, StoreMisconfigured,
                     StoreUnreachable, TransientError, Verdict, message_size, sliced_row)
 
@@ -267,7 +267,7 @@ class MySQLBackend(Backend):
         self.last_used = 0.0
         self.schema_ready = False    # CREATE TABLE once: on reconnects it would wait on locks
         self.text_type = mysql_protocol.STRING_TYPE
-        self.sliced = False          # the table stores the body as a slice of mail (_sliced)
+        self.sliced = False          # the table stores the body as a slice of mail (row.mysql_sliced)
         # True while a commit is under way (a COMMIT, or a lone autocommitted INSERT): if the
         # connection breaks then, the rows may or may not be there.
         self.committing = False
@@ -317,7 +317,7 @@ class MySQLBackend(Backend):
                     cur.execute(schema_sql("MariaDB" in cur.fetchone()[0]))
                 cur.execute("SELECT @@max_allowed_packet")
                 self.max_packet = int(cur.fetchone()[0])
-                self.sliced = self._sliced(cur)
+                self.sliced = mysql_sliced(cur)
                 self.text_type = self._text_type(cur, self.sliced)
             conn.commit()
             return conn, cluster
@@ -364,15 +364,6 @@ class MySQLBackend(Backend):
             return False
         finally:
             conn.close()
-
-    @staticmethod
-    def _sliced(cur) -> bool:
-        """Does new_mail store the body as a slice of mail (schema.sql), or is `body` a real
-        column (a table made before; README: migrating)? Asked on each connection: a table
-        migrated while gsmtpd runs is written the new way from its next connection."""
-        cur.execute("SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
-                    "AND TABLE_NAME = 'new_mail' AND COLUMN_NAME = 'body_start'")
-        return cur.fetchone()[0] == 1
 
     @staticmethod
     def _text_type(cur, sliced: bool = False) -> bytes:

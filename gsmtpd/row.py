@@ -94,6 +94,23 @@ TABLE = tuple(column for declared in COLUMNS
 SLICED_NAMES = tuple(BODY_TEXT.name if name == "body" else name for name in NAMES) + (BODY_START.name,)
 
 
+# Whether a table is made so (a `body_start` column) is asked by every connection that
+# reads or writes it, the stores' and the web API's (mailbox.py): one question, asked here.
+def mysql_sliced(cur) -> bool:
+    """Does new_mail, in the database of the PyMySQL cursor ``cur`` (a plain one, rows as
+    tuples), store the body as a slice of mail (schema.sql), or is `body` a real column (a
+    table made before; README: migrating)? Asked on each connection: a table migrated while
+    gsmtpd runs is used the new way from its next connection."""
+    cur.execute("SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+                f"AND TABLE_NAME = 'new_mail' AND COLUMN_NAME = '{BODY_START.name}'")
+    return cur.fetchone()[0] == 1
+
+
+def sqlite_sliced(conn) -> bool:
+    """The same for a sqlite3 connection (table_xinfo: generated columns are listed too)."""
+    return any(column[1] == BODY_START.name for column in conn.execute("PRAGMA table_xinfo(new_mail)"))
+
+
 def width(name: str) -> int:
     """The characters a text column holds."""
     return BY_NAME[name].width

@@ -103,7 +103,7 @@ class SQLiteBackend(Backend):
         conn.execute("PRAGMA synchronous=FULL")
         conn.executescript(SCHEMA)
         # A table made before row.py sliced the body has `body` as a real column.
-        self.sliced = any(column[1] == "body_start" for column in conn.execute("PRAGMA table_xinfo(new_mail)"))
+        self.sliced = row.sqlite_sliced(conn)
         return conn
 
     def close(self) -> None:
