@@ -54,17 +54,19 @@ class Workload:
     size: int           # smtp-source -l: body bytes, headers not included
     sessions: int
     per_connection: int
-    target: float       # gsmtpd rate / smtp-sink rate, from the issue
+    # gsmtpd rate / smtp-sink rate: issue #18's, 1.1x what go-guerrilla + MySQL reached of
+    # smtp-sink on this machine kind (with --peer, the same run's own ratio is the real test)
+    target: float
     what: str
     recipients: int = 1  # smtp-source -r: recipients per message (rows per message)
 
 
 WORKLOADS = {
     w.name: w for w in (
-        Workload("W1", 20_000, 4 * KiB, 50, 1, 0.55, "4 KB, 50 sessions, a new connection per message"),
-        Workload("W2", 20_000, 4 * KiB, 50, 100, 0.30, "4 KB, 50 sessions, ~100 messages per connection"),
-        Workload("W3", 20_000, 4 * KiB, 500, 1, 0.65, "4 KB, 500 sessions, a new connection per message"),
-        Workload("W4", 300, 1 * MiB, 10, 1, 0.55, "1 MiB, 10 sessions, a new connection per message"),
+        Workload("W1", 20_000, 4 * KiB, 50, 1, 0.47, "4 KB, 50 sessions, a new connection per message"),
+        Workload("W2", 20_000, 4 * KiB, 50, 100, 0.29, "4 KB, 50 sessions, ~100 messages per connection"),
+        Workload("W3", 20_000, 4 * KiB, 500, 1, 0.63, "4 KB, 500 sessions, a new connection per message"),
+        Workload("W4", 300, 1 * MiB, 10, 1, 0.54, "1 MiB, 10 sessions, a new connection per message"),
         # Issue "Bounded memory": a message to 10 recipients crosses to the database once.
         # No target ratio: it is there for RSS, database bytes per message and lost.
         Workload("W5", 100, 2 * MiB, 50, 1, 0.0, "2 MiB to 10 recipients, 50 sessions, a new connection each",
