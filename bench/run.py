@@ -573,6 +573,27 @@ def phase_sink(wl: Workload, messages: int, args, workdir: str, probe: bool, flo
     }
 
 
+def measured_load(server, wl: Workload, messages: int, args, db: Database, probe: bool) -> tuple:
+    """The load against a started server (gsmtpd or a peer), with what every phase measures
+    over it: (process-tree watch, latency probe, load, machine busy %, MariaDB status
+    counters' growth, MariaDB CPU seconds, the monotonic time the load ended)."""
+    watch = TreeWatch(server.pid).start()
+    watch.mark()
+    db_cpu = mysqld_cpu(args.db_pids)
+    latency = LatencyProbe(HOST, server.port).start() if probe else None
+    db_status = db.status()
+    machine = machine_cpu()
+    load = run_load(server.port, wl, messages, args.load_timeout)
+    machine = busy_pct(machine, machine_cpu())
+    db_status = {k: v - db_status.get(k, 0) for k, v in db.status().items()}
+    ended = time.monotonic()
+    if latency:
+        latency.stop()
+    db_cpu = mysqld_cpu(args.db_pids) - db_cpu
+    watch.stop()
+    return watch, latency, load, machine, db_status, db_cpu, ended
+
+
 def phase_gsmtpd(wl: Workload, messages: int, args, workdir: str, db: Database, probe: bool,
                  profile_to: str | None = None) -> dict:
     db.truncate()
@@ -582,26 +603,13 @@ def phase_gsmtpd(wl: Workload, messages: int, args, workdir: str, db: Database, 
     server = Gsmtpd(workdir, tag, db.url, extra, args.source)
     spy = None
     try:
-        watch = TreeWatch(server.pid).start()
-        watch.mark()
-        db_cpu = mysqld_cpu(args.db_pids)
         if profile_to:
             spy = subprocess.Popen(["py-spy", "record", "--nonblocking", "--subprocesses", "--nolineno",
                                     "--format", "raw", "--rate", "200", "-o", profile_to,
                                     "--pid", str(server.pid)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             time.sleep(1.0)   # let it attach before the load starts
-        latency = LatencyProbe(HOST, server.port).start() if probe else None
-        db_status = db.status()
-        machine = machine_cpu()
-        load = run_load(server.port, wl, messages, args.load_timeout)
-        machine = busy_pct(machine, machine_cpu())
-        db_status = {k: v - db_status.get(k, 0) for k, v in db.status().items()}
-        ended = time.monotonic()
-        if latency:
-            latency.stop()
-        db_cpu = mysqld_cpu(args.db_pids) - db_cpu
-        watch.stop()
+        watch, latency, load, machine, db_status, db_cpu, ended = measured_load(server, wl, messages, args, db, probe)
         if spy:
             spy.send_signal(signal.SIGINT)
             try:
@@ -662,20 +670,7 @@ def phase_peer(wl: Workload, messages: int, args, workdir: str, db: Database, na
     settled = settle(max_wait=args.settle_max)
     server = Peer(workdir, name, args.peers[name], args.peer_start_timeout)
     try:
-        watch = TreeWatch(server.pid).start()
-        watch.mark()
-        db_cpu = mysqld_cpu(args.db_pids)
-        latency = LatencyProbe(HOST, server.port).start() if probe else None
-        db_status = db.status()
-        machine = machine_cpu()
-        load = run_load(server.port, wl, messages, args.load_timeout)
-        machine = busy_pct(machine, machine_cpu())
-        db_status = {k: v - db_status.get(k, 0) for k, v in db.status().items()}
-        ended = time.monotonic()
-        if latency:
-            latency.stop()
-        db_cpu = mysqld_cpu(args.db_pids) - db_cpu
-        watch.stop()
+        watch, latency, load, machine, db_status, db_cpu, ended = measured_load(server, wl, messages, args, db, probe)
     finally:
         status = server.stop()
     probe_acked = latency.acked if latency else 0
