@@ -25,19 +25,15 @@ import pymysql
 from . import metrics, mysql_protocol, pymysql_adapter
 from .members import Member, MemberSet, StoreAddress
 from .mysql_protocol import Row
-from .row import SLICED_NAMES, TABLE, TEXT, mysql_sliced
+from .row import TABLE, TEXT, mysql_sliced
 from .store import (BODY, COLUMNS, MAIL, Backend, Blob, Pending, RowRefused, StoreMisconfigured,
-                    StoreUnreachable, TransientError, Verdict, message_size, sliced_row)
+                    StoreUnreachable, TransientError, Verdict, WRITTEN, message_size, sliced_row)
 
 log = logging.getLogger("gsmtpd.store.mysql")
 
 HASH = COLUMNS.index("hash")
 # The columns that get no str value: all others are text, in utf8mb4 (schema.sql).
 NOT_TEXT = {column.name for column in TABLE if column.kind != TEXT}
-# The columns an INSERT names, in the order of a row's values: a table made by schema.sql
-# stores the body as a slice of mail where it can (row.SLICED_NAMES, store.sliced_row); one
-# made before has a real `body` column and takes the row tuple as it is (COLUMNS).
-WRITTEN = {False: COLUMNS, True: SLICED_NAMES}
 
 
 def _insert_prefix(sliced: bool) -> str:

@@ -13,7 +13,7 @@ from gevent import get_hub
 
 from . import row
 from .store import (COLUMNS, MAIL, PER_RECIPIENT, Backend, Blob, Pending, StoreMisconfigured, TransientError,
-                    Utf8Text, Verdict, sliced_row, value_size)
+                    Utf8Text, Verdict, WRITTEN, sliced_row, value_size)
 
 # Derived from the declaration (row.py), as MySQL's schema.sql is held to it.
 SCHEMA = row.sqlite_schema()
@@ -39,10 +39,7 @@ def _capture(func, *args):
 # The mail goes in as a zeroblob of its length, then is written part by part through
 # incremental blob I/O: the message is not joined with its Received header into a copy.
 _PLACEHOLDER = {"mail": "zeroblob(?)", "body": "CAST(? AS TEXT)", "body_text": "CAST(? AS TEXT)"}
-# The columns written, in the order of a row's values: a table made by row.sqlite_schema
-# stores the body as a slice of mail where it can (row.SLICED_NAMES, store.sliced_row); one
-# made before has a real `body` column and takes the row tuple as it is.
-WRITTEN = {False: COLUMNS, True: row.SLICED_NAMES}
+# The columns written: store.WRITTEN.
 INSERT = {sliced: "INSERT INTO new_mail (" + ",".join(f'"{c}"' for c in names) + ") VALUES ("
           + ",".join(_PLACEHOLDER.get(c, "?") for c in names) + ")" for sliced, names in WRITTEN.items()}
 # A message to several recipients is bound once: its first row is inserted, and the

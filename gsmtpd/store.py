@@ -69,6 +69,13 @@ def sliced_row(values) -> list:
     return values
 
 
+# The columns a writer names, in the order of a row's values: a table made by schema.sql or
+# row.sqlite_schema stores the body as a slice of mail where it can (row.SLICED_NAMES, the
+# values from sliced_row); one made before has a real `body` column and takes the row tuple
+# as it is (COLUMNS). The stores find out which at connect (row.mysql_sliced, sqlite_sliced).
+WRITTEN = {False: COLUMNS, True: row.SLICED_NAMES}
+
+
 # The columns that differ between the rows of one message (one row per recipient); the
 # others are the message's and are the same in all of its rows.
 PER_RECIPIENT = tuple(column.name for column in row.COLUMNS if column.per_recipient)
