@@ -83,6 +83,16 @@ class SQLiteStore:
         return len(self.rows())
 
 
+def start_after(prelude: str, tmp_path) -> subprocess.CompletedProcess:
+    """Start gsmtpd (SQLite, port 0) in a Python that first runs ``prelude``, as gsmtpd would
+    meet a library or a Python that changed, and wait for it to end (a start that works
+    serves until killed: the tests that use this expect it to refuse)."""
+    start = prelude + "from gsmtpd import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
+    return subprocess.run([sys.executable, "-c", start, "--port", "0", "--listen", "127.0.0.1",
+                           "--store", f"sqlite:///{tmp_path / 'mail.db'}"],
+                          cwd=tmp_path, env={"PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+
+
 def mysql_available() -> str | None:
     """None when MariaDB answers, else the reason."""
     try:

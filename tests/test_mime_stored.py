@@ -127,16 +127,21 @@ mime._from_address = _buggy
 '''
 
 
-def test_a_parser_bug_stores_the_raw_message_and_logs_its_traceback_once(mysql_store, gsmtpd_server,
-                                                                         tmp_path, monkeypatch):
-    """Bad input never costs a message: the 250 comes after the row, whose body is the raw
-    message; the bug is not hidden: its traceback is in the log, once, and the next message
-    it hits gets one line naming where."""
+@pytest.fixture
+def planted_server(mysql_store, gsmtpd_server, tmp_path, monkeypatch):
+    """A real gsmtpd on MariaDB whose parser has PLANTED_BUG."""
     planted = tmp_path / "planted"
     planted.mkdir()
     (planted / "sitecustomize.py").write_text(PLANTED_BUG)
     monkeypatch.setenv("PYTHONPATH", str(planted))
-    server = gsmtpd_server(mysql_store)
+    return gsmtpd_server(mysql_store)
+
+
+def test_a_parser_bug_stores_the_raw_message_and_logs_its_traceback_once(mysql_store, planted_server):
+    """Bad input never costs a message: the 250 comes after the row, whose body is the raw
+    message; the bug is not hidden: its traceback is in the log, once, and the next message
+    it hits gets one line naming where."""
+    server = planted_server
     client = server.raw()
     client.start_data()
     raw = b"From: <parser-bug@example.org>\r\nSubject: caf\xc3\xa9\r\n\r\nfirst line\r\nsecond line\r\n"
@@ -155,15 +160,10 @@ def test_a_parser_bug_stores_the_raw_message_and_logs_its_traceback_once(mysql_s
     assert log.count("MIME parser bug; the body is the raw message\nTraceback") == 1
 
 
-def test_what_bad_bytes_raise_stores_the_raw_message_with_one_warning(mysql_store, gsmtpd_server,
-                                                                     tmp_path, monkeypatch):
+def test_what_bad_bytes_raise_stores_the_raw_message_with_one_warning(mysql_store, planted_server):
     """A decoding error (what malformed input could raise, though the fuzz tests found none)
     is no bug of ours: one warning line, no traceback, and the raw message as the body."""
-    planted = tmp_path / "planted"
-    planted.mkdir()
-    (planted / "sitecustomize.py").write_text(PLANTED_BUG)
-    monkeypatch.setenv("PYTHONPATH", str(planted))
-    server = gsmtpd_server(mysql_store)
+    server = planted_server
     client = server.raw()
     client.start_data()
     raw = b"From: <bad-bytes@example.org>\r\n\r\nbody\r\n"

@@ -1,13 +1,11 @@
 """The one door to PyMySQL's internals (gsmtpd/pymysql_adapter.py), on the installed PyMySQL
 and the real MariaDB."""
-import subprocess
-import sys
 
 import pymysql
 import pytest
 from pymysql.constants import COMMAND
 
-from conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER, ROOT, require_mysql
+from conftest import MYSQL_HOST, MYSQL_PASSWORD, MYSQL_PORT, MYSQL_USER, require_mysql, start_after
 from gsmtpd import pymysql_adapter
 
 
@@ -18,13 +16,8 @@ def test_the_installed_pymysql_has_everything_gsmtpd_uses():
 def test_a_pymysql_without_a_piece_stops_the_start_naming_it_and_the_tested_range(tmp_path):
     """As gsmtpd would meet a PyMySQL release that renamed an internal: exit 1 at start,
     before any session, with the reason in the log."""
-    start = ("import sys, pymysql.connections\n"
-             "del pymysql.connections.Connection._force_close\n"
-             "from gsmtpd import cli\n"
-             "sys.exit(cli.main(sys.argv[1:]))\n")
-    done = subprocess.run([sys.executable, "-c", start, "--port", "0", "--listen", "127.0.0.1",
-                           "--store", f"sqlite:///{tmp_path / 'mail.db'}"],
-                          cwd=tmp_path, env={"PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    done = start_after("import sys, pymysql.connections\n"
+                       "del pymysql.connections.Connection._force_close\n", tmp_path)
     assert done.returncode == 1
     assert (f"cannot start: PyMySQL {pymysql.VERSION_STRING} lacks Connection._force_close, which gsmtpd "
             "uses; the tested versions are PyMySQL >= 1.1.1, < 1.3") in done.stderr

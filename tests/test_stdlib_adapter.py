@@ -1,10 +1,9 @@
 """The one door to the standard library's private names (gsmtpd/stdlib_adapter.py), on the
 running Python."""
 import logging
-import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, start_after
 from gsmtpd import logs, stdlib_adapter
 
 
@@ -16,14 +15,10 @@ def test_a_python_without_the_switch_stops_the_start_naming_it(tmp_path):
     """As gsmtpd would meet a Python whose logging no longer reads _srcfile: exit 1 at start,
     before any session, with the reason in the log (setting the name would silently do
     nothing). Here Logger._log is a wrapper that does not read it."""
-    start = ("import sys, logging\n"
-             "original = logging.Logger._log\n"
-             "logging.Logger._log = lambda self, *args, **kwargs: original(self, *args, **kwargs)\n"
-             "from gsmtpd import cli\n"
-             "sys.exit(cli.main(sys.argv[1:]))\n")
-    done = subprocess.run([sys.executable, "-c", start, "--port", "0", "--listen", "127.0.0.1",
-                           "--store", f"sqlite:///{tmp_path / 'mail.db'}"],
-                          cwd=tmp_path, env={"PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    done = start_after("import sys, logging\n"
+                       "original = logging.Logger._log\n"
+                       "logging.Logger._log = lambda self, *args, **kwargs: original(self, *args, **kwargs)\n",
+                       tmp_path)
     assert done.returncode == 1
     version = sys.version.split()[0]
     assert (f"cannot start: Python {version} lacks logging._srcfile (read by Logger._log), which gsmtpd uses; "
